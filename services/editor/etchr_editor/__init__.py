@@ -1,0 +1,1 @@
+"""The ETCHR editor: everything that touches the diffusion model."""

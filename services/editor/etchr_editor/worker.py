@@ -1,0 +1,232 @@
+"""The editor GPU worker: pulls compatible jobs from the Redis stream, denoises them together, stores results.
+
+Delivery is at-least-once: a job is acked only after its result is stored, so a worker killed mid-batch
+leaves its jobs pending, and another worker reclaims them after ``ETCHR_QUEUE_RECLAIM_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from PIL import Image
+
+from etchr.imaging import encode_png_base64, restore_size
+from etchr.protocol.edit import EditJob, EditResult
+from etchr.queue import Delivery, JobQueue
+from etchr.settings import EditorSettings
+from etchr_editor.metrics import EditorMetrics
+from etchr_editor.model import LoadedEditor, load_editor
+from etchr_editor.sampler import BatchedSampler, SampleRequest
+
+logger = logging.getLogger("etchr.editor.worker")
+
+QUEUE_NAME = "editor"
+READ_BLOCK_MS = 500  # short, so a stop request is noticed between reads
+
+
+def editor_queue(client: aioredis.Redis, settings: EditorSettings) -> JobQueue:
+    """The one place the editor's stream is named and configured (API and workers must agree)."""
+    return JobQueue(
+        client,
+        f"{settings.redis_prefix}:{QUEUE_NAME}",
+        reclaim_idle_s=settings.queue_reclaim_s,
+        max_deliveries=settings.queue_max_deliveries,
+        result_ttl_s=settings.queue_result_ttl_s,
+    )
+
+
+def job_pixels(job: EditJob, delivery: Delivery) -> Image.Image:
+    """The model-size RGB image the API put beside the job."""
+    width, height = job.image_size
+    return Image.frombytes("RGB", (width, height), delivery.fields["pixels"])
+
+
+@dataclass
+class _Work:
+    delivery: Delivery
+    job: EditJob
+    request: SampleRequest
+
+
+class EditorWorker:
+    """One consumer of the editor stream. ``run`` loops until ``stop`` is set, finishing the batch in hand."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        settings: EditorSettings,
+        metrics: EditorMetrics,
+        *,
+        consumer: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.metrics = metrics
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.editor: LoadedEditor | None = None
+        self.sampler: BatchedSampler | None = None
+        self.load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.sampler is not None
+
+    def load(self) -> None:
+        """Load the checkpoint (and LoRA), warm it up. Blocking: run it in a thread."""
+        if not self.settings.editor_model:
+            raise ValueError(
+                "ETCHR_EDITOR_MODEL is not set: name a Flux2KleinPipeline hub id or local directory"
+            )
+        started = time.perf_counter()
+        editor = load_editor(
+            self.settings.editor_model,
+            loras=self.settings.editor_lora,
+            lora_scale=self.settings.editor_lora_scale,
+            device=self.settings.editor_device,
+            dtype=self.settings.editor_dtype,
+            compile=self.settings.editor_compile,
+        )
+        sampler = BatchedSampler(editor.pipe, max_rows=self.settings.editor_max_batch)
+        if self.settings.editor_warmup:
+            sampler.warmup()
+        self.editor, self.sampler = editor, sampler
+        logger.info(
+            "editor model %s ready in %.1f s (%s)",
+            editor.info["name"],
+            time.perf_counter() - started,
+            editor.info,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.sampler is None:
+            try:
+                await asyncio.to_thread(self.load)
+            except Exception as exc:
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("editor model failed to load")
+                raise
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self.run_once()
+                backoff = 0.5
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                logger.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+        logger.info("worker %s stopped", self.consumer)
+
+    async def run_once(self) -> int:
+        """Collect one batch (stale entries of dead workers first) and process it; returns jobs handled."""
+        limit = self.settings.editor_max_batch
+        deliveries = await self.queue.reclaim(self.consumer, count=limit)
+        if not deliveries:
+            deliveries = await self.queue.read(self.consumer, count=limit, block_ms=READ_BLOCK_MS)
+        wait_s = self.settings.editor_batch_wait_ms / 1000
+        if deliveries and wait_s > 0:
+            deadline = time.monotonic() + wait_s
+            while len(deliveries) < limit and (left := deadline - time.monotonic()) > 0:
+                more = await self.queue.read(
+                    self.consumer, count=limit - len(deliveries), block_ms=max(1, int(left * 1000))
+                )
+                deliveries.extend(more)
+        if deliveries:
+            await self.process(deliveries)
+        return len(deliveries)
+
+    async def process(self, deliveries: Sequence[Delivery]) -> None:
+        groups: dict[tuple, list[_Work]] = defaultdict(list)
+        for delivery in deliveries:
+            work = await self._prepare(delivery)
+            if work is not None:
+                groups[work.request.batch_key()].append(work)
+        for group in groups.values():
+            await self._run_group(group)
+
+    async def _prepare(self, delivery: Delivery) -> _Work | None:
+        try:
+            job = EditJob.model_validate_json(delivery.fields["job"])
+            image = job_pixels(job, delivery)
+        except (KeyError, ValueError) as exc:
+            await self.queue.fail(delivery, f"malformed job: {exc}")
+            self.metrics.jobs.labels("failed").inc()
+            return None
+        if not await self.queue.mark_running(delivery, self.consumer):
+            await self.queue.ack(delivery)  # already finished by a worker that died before acking
+            return None
+        self.metrics.queue_wait.observe(max(0.0, time.time() - job.enqueued_ms / 1000))
+        request = SampleRequest(
+            image=image,
+            prompt=job.prompt,
+            seeds=tuple(job.seeds),
+            steps=job.steps,
+            guidance_scale=job.guidance_scale,
+        )
+        return _Work(delivery, job, request)
+
+    async def _run_group(self, group: list[_Work]) -> None:
+        assert self.sampler is not None and self.editor is not None
+        rows = sum(len(work.job.seeds) for work in group)
+        started_ms = int(time.time() * 1000)
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.to_thread(self.sampler.sample, [work.request for work in group])
+        except Exception as exc:
+            logger.exception("sampler failed on a batch of %d jobs", len(group))
+            for work in group:
+                await self.queue.fail(work.delivery, f"editor failed: {type(exc).__name__}: {exc}")
+                self.metrics.jobs.labels("failed").inc()
+            return
+        infer_s = time.perf_counter() - started
+        self.metrics.infer.observe(infer_s)
+        self.metrics.batch_rows.observe(rows)
+        model_info = {**self.editor.info, "steps": group[0].job.steps}
+        for work, images in zip(group, outputs, strict=True):
+            encoded = await asyncio.to_thread(_encode_all, images, work.job.output_size)
+            result = EditResult(
+                images=encoded,
+                seeds=work.job.seeds,
+                model={**model_info, "guidance_scale": work.job.guidance_scale},
+                started_ms=started_ms,
+                infer_ms=infer_s * 1000,
+                batch_rows=rows,
+            )
+            await self.queue.complete(work.delivery, result.model_dump_json().encode())
+            self.metrics.edits.inc(len(images))
+            self.metrics.jobs.labels("done").inc()
+
+
+def _encode_all(images: Sequence[Image.Image], size: tuple[int, int]) -> list[str]:
+    return [encode_png_base64(restore_size(image, size)) for image in images]
+
+
+async def serve_worker(settings: EditorSettings) -> None:
+    """``etchr worker editor``: one worker process, metrics on its own port, SIGTERM finishes the batch."""
+    from prometheus_client import start_http_server
+
+    metrics = EditorMetrics()
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    queue = editor_queue(client, settings)
+    if settings.editor_worker_metrics_port:
+        start_http_server(settings.editor_worker_metrics_port, registry=metrics.registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = EditorWorker(queue, settings, metrics)
+    try:
+        await worker.run(stop)
+    finally:
+        await client.aclose()

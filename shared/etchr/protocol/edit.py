@@ -1,0 +1,94 @@
+"""Editor payloads: the public HTTP surface and the job that travels through Redis."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EditTask = Literal["perception", "chart", "logic", "jigsaw", "3d"]
+JobState = Literal["queued", "running", "done", "failed"]
+
+MAX_SEED = 2**63 - 1
+
+
+class EditRequest(BaseModel):
+    """``POST /edit`` and ``POST /jobs``. Unset sampling fields take the service defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, description="base64 PNG/JPEG/WebP, bare or as a data: URL")
+    question: str = Field(min_length=1, max_length=8000)
+    task: EditTask
+    n: int = Field(default=1, ge=1, le=64, description="rollouts of the same input, seeds seed..seed+n-1")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 64)
+    steps: int | None = Field(default=None, ge=1, le=500)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+
+
+class EditTimings(BaseModel):
+    queue_ms: float
+    infer_ms: float
+    total_ms: float
+
+
+class EditResponse(BaseModel):
+    id: str
+    task: EditTask
+    prompt: str = Field(description="the exact text fed to the editor: meta-prompt + question")
+    images: list[str] = Field(description="base64 PNGs, each the size of the input image")
+    seeds: list[int]
+    model: dict[str, object]
+    timings: EditTimings
+
+
+class JobAccepted(BaseModel):
+    id: str
+
+
+class JobStatusResponse(BaseModel):
+    id: str
+    status: JobState
+    result: EditResponse | None = None
+    error: str | None = None
+
+
+class EditJob(BaseModel):
+    """What the API puts on the stream (the image bytes travel beside it, not base64'd)."""
+
+    id: str
+    task: EditTask
+    prompt: str
+    seeds: list[int]
+    steps: int
+    guidance_scale: float
+    image_size: tuple[int, int] = Field(
+        description="(w, h) of the model-size RGB pixels carried beside the job"
+    )
+    output_size: tuple[int, int] = Field(
+        description="(w, h) results are scaled back to: the input's own size"
+    )
+    enqueued_ms: int
+
+
+class EditResult(BaseModel):
+    """What a worker stores for a finished job."""
+
+    images: list[str]
+    seeds: list[int]
+    model: dict[str, object]
+    started_ms: int
+    infer_ms: float
+    batch_rows: int
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    """The OpenAI Images API response shape, so ``client.images.edit`` parses it."""
+
+    created: int
+    data: list[OpenAIImage]

@@ -1,0 +1,356 @@
+"""At-least-once job queue on Redis Streams with a consumer group.
+
+Producers ``enqueue`` a job (a record hash plus a stream entry); workers ``read`` batches, ``mark_running``,
+then ``complete``/``fail``; entries a dead worker held are re-delivered by ``reclaim`` after
+``reclaim_idle_s`` and dead-lettered after ``max_deliveries``. Every entry carries its job id and the
+record holds the job's status, so a re-delivered job that already finished is recognised and just acked:
+re-processing is harmless. Keys, for ``name``: ``{name}:jobs`` (stream), ``{name}:dead`` (dead letters),
+``{name}:job:{id}`` (record hash), ``{name}:done:{id}`` (completion notification list).
+
+Redis connection errors and timeouts propagate unchanged: callers map them to 503.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import partial
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+T = TypeVar("T")
+
+JOB_ID_FIELD = "job_id"  # stream entry field carrying the job id; not part of Delivery.fields
+DEAD_FIELD_PREFIX = "field:"  # payload fields in a dead-letter entry, kept apart from its own fields
+
+# Terminal states win: the first complete/fail/dead-letter sticks, later ones only ack. Storing and
+# notifying happen before XACK + XDEL, in one atomic script, so an entry never leaves the pending list
+# before its result is safe.
+_FINISH_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+local stored = 0
+if status ~= 'done' and status ~= 'failed' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_ms', ARGV[2], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  stored = 1
+end
+redis.pcall('XACK', KEYS[3], ARGV[6], ARGV[7])
+redis.call('XDEL', KEYS[3], ARGV[7])
+return stored
+"""
+
+# A finished job is never moved back to running (a re-delivery after a crash between storing and acking).
+_MARK_RUNNING_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', ARGV[1], 'consumer', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+FINISHED = frozenset({JobStatus.DONE, JobStatus.FAILED})
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to a consumer."""
+
+    entry_id: str
+    job_id: str
+    fields: dict[str, bytes]  # the payload fields as enqueued (binary-safe)
+    deliveries: int  # how many times it has been delivered (1 on first read)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    status: JobStatus
+    result: bytes | None
+    error: str | None
+    created_ms: int
+    started_ms: int | None
+    finished_ms: int | None
+    consumer: str | None
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    waiting: int  # in the stream, not yet delivered
+    running: int  # delivered, not yet acked (includes entries a dead worker still holds)
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.running
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int_or_none(value: bytes | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _is_nogroup(exc: ResponseError) -> bool:
+    return "NOGROUP " in str(exc)  # also when wrapped in a pipeline error
+
+
+class JobQueue:
+    """Redis Streams job queue; one instance per process is enough (it holds no per-job state)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        *,
+        group: str = "workers",
+        reclaim_idle_s: float,
+        max_deliveries: int = 3,
+        result_ttl_s: int = 3600,
+        record_ttl_s: int = 86400,
+        dead_maxlen: int = 1000,
+    ) -> None:
+        kwargs = redis.connection_pool.connection_kwargs
+        if kwargs.get("decode_responses"):
+            raise ValueError(
+                "JobQueue needs a Redis client with decode_responses=False (payloads are binary)"
+            )
+        self.redis = redis
+        self.name = name
+        self.group = group
+        self.reclaim_idle_s = reclaim_idle_s
+        self.max_deliveries = max_deliveries
+        self.result_ttl_s = result_ttl_s
+        self.record_ttl_s = record_ttl_s
+        self.dead_maxlen = dead_maxlen  # dead letters carry payloads (images): keep the stream bounded
+        self.stream = f"{name}:jobs"
+        self.dead_stream = f"{name}:dead"
+        # A blocking command that outlives the client's socket timeout raises TimeoutError, so blocking
+        # calls are capped below it (redis-py 8 defaults to 5 s; from_url leaves it as orig_socket_timeout).
+        socket_timeout = kwargs.get("socket_timeout", kwargs.get("orig_socket_timeout"))
+        self._block_cap_s = 0.8 * socket_timeout if socket_timeout else math.inf
+        self._finish = redis.register_script(_FINISH_LUA)
+        self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
+
+    def record_key(self, job_id: str) -> str:
+        return f"{self.name}:job:{job_id}"
+
+    def done_key(self, job_id: str) -> str:
+        return f"{self.name}:done:{job_id}"
+
+    async def ensure_group(self) -> None:
+        """Create the stream and group; from id 0 so jobs enqueued before the group existed are delivered."""
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+
+    async def _with_group(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``; on NOGROUP (stream lost, e.g. in a Redis restart) recreate the group, retry once."""
+        try:
+            return await call()
+        except ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+        await self.ensure_group()
+        return await call()
+
+    async def enqueue(
+        self, job_id: str, fields: Mapping[str, bytes | str], *, meta: Mapping[str, str] | None = None
+    ) -> None:
+        """Write the record (queued) and the stream entry atomically. Job ids must be fresh (e.g. uuid4)."""
+        if JOB_ID_FIELD in fields:
+            raise ValueError(f"payload field name {JOB_ID_FIELD!r} is reserved")
+        record_key = self.record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(record_key, self.done_key(job_id))
+            pipe.hset(
+                record_key,
+                mapping={
+                    "status": JobStatus.QUEUED.value,
+                    "created_ms": _now_ms(),
+                    "meta": json.dumps(dict(meta or {})),
+                },
+            )
+            pipe.expire(record_key, self.record_ttl_s)
+            pipe.xadd(self.stream, {JOB_ID_FIELD: job_id, **fields})
+            await pipe.execute()
+
+    async def depth(self) -> QueueDepth:
+        """Completed entries are XDEL'd, so XLEN counts waiting + running and XPENDING counts running."""
+
+        async def call() -> QueueDepth:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(self.stream)
+                pipe.xpending(self.stream, self.group)
+                length, pending = await pipe.execute()
+            running = int(pending["pending"])
+            return QueueDepth(waiting=max(0, length - running), running=running)
+
+        return await self._with_group(call)
+
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Delivery]:
+        """Up to ``count`` new entries. ``block_ms`` None: don't block; a block is capped below the socket
+        timeout, so a long one returns empty early instead of raising."""
+        if block_ms is not None and self._block_cap_s != math.inf:
+            block_ms = min(block_ms or math.inf, int(self._block_cap_s * 1000))
+
+        call = partial(
+            self.redis.xreadgroup, self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        response = await self._with_group(call)
+        if isinstance(response, dict):  # RESP3 (redis-py 8): {stream: [entries]}
+            batches = [entries for wrapped in response.values() for entries in wrapped]
+        else:  # RESP2: [[stream, entries]]
+            batches = [entries for _, entries in response or []]
+        return [self._delivery(eid, data, 1) for entries in batches for eid, data in entries]
+
+    def _delivery(self, entry_id: bytes | str, data: dict[bytes, bytes], deliveries: int) -> Delivery:
+        fields = {_str(k): v for k, v in data.items()}
+        job_id = _str(fields.pop(JOB_ID_FIELD, b""))
+        return Delivery(entry_id=_str(entry_id), job_id=job_id, fields=fields, deliveries=deliveries)
+
+    async def reclaim(self, consumer: str, count: int = 16) -> list[Delivery]:
+        """Take over entries idle >= reclaim_idle_s (their worker died); dead-letter the ones delivered more
+        than max_deliveries times instead of returning them."""
+        min_idle_ms = int(self.reclaim_idle_s * 1000)
+        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
+        cursor: bytes | str = "0-0"
+        while len(claimed) < count:
+            call = partial(
+                self.redis.xautoclaim,
+                self.stream,
+                self.group,
+                consumer,
+                min_idle_ms,
+                cursor,
+                count=count - len(claimed),
+            )
+            # Entries XAUTOCLAIM reports as deleted (third element) are dropped from the PEL by Redis itself.
+            cursor, entries, *_ = await self._with_group(call)
+            claimed.extend((eid, data) for eid, data in entries if eid is not None)
+            if _str(cursor) == "0-0":
+                break
+        if not claimed:
+            return []
+
+        # XAUTOCLAIM does not say how often an entry was delivered; XPENDING does.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for eid, _ in claimed:
+                pipe.xpending_range(self.stream, self.group, min=eid, max=eid, count=1)
+            pending = await pipe.execute()
+
+        out: list[Delivery] = []
+        for (eid, data), rows in zip(claimed, pending, strict=True):
+            if not rows:  # acked meanwhile by its (slow, not dead) first worker
+                continue
+            delivery = self._delivery(eid, data, int(rows[0]["times_delivered"]))
+            if delivery.deliveries > self.max_deliveries:
+                await self._dead_letter(delivery, consumer)
+            else:
+                out.append(delivery)
+        return out
+
+    async def _dead_letter(self, delivery: Delivery, consumer: str) -> None:
+        reason = (
+            f"delivered {delivery.deliveries} times (max {self.max_deliveries}); each worker holding it "
+            f"went idle for {self.reclaim_idle_s:g} s without finishing (crashed or stalled)"
+        )
+        entry: dict[str, bytes | str | int] = {
+            JOB_ID_FIELD: delivery.job_id,
+            "reason": reason,
+            "deliveries": delivery.deliveries,
+            "entry_id": delivery.entry_id,
+            "consumer": consumer,
+        }
+        entry.update({DEAD_FIELD_PREFIX + k: v for k, v in delivery.fields.items()})
+        await self.redis.xadd(self.dead_stream, entry, maxlen=self.dead_maxlen, approximate=True)
+        await self._finish_job(delivery, JobStatus.FAILED, "error", f"job abandoned: {reason}")
+
+    async def mark_running(self, delivery: Delivery, consumer: str) -> bool:
+        """False when the job already finished (a re-delivery): the caller then only acks."""
+        keys = [self.record_key(delivery.job_id)]
+        return bool(await self._mark_running(keys=keys, args=[_now_ms(), consumer, self.record_ttl_s]))
+
+    async def complete(self, delivery: Delivery, result: bytes) -> None:
+        """Store the result (status DONE, TTL result_ttl_s), notify waiters, then XACK + XDEL. Idempotent."""
+        await self._finish_job(delivery, JobStatus.DONE, "result", result)
+
+    async def fail(self, delivery: Delivery, error: str) -> None:
+        """Like complete, with status FAILED and an error message."""
+        await self._finish_job(delivery, JobStatus.FAILED, "error", error)
+
+    async def _finish_job(self, delivery: Delivery, status: JobStatus, key: str, value: bytes | str) -> bool:
+        keys = [self.record_key(delivery.job_id), self.done_key(delivery.job_id), self.stream]
+        args = [status.value, _now_ms(), key, value, self.result_ttl_s, self.group, delivery.entry_id]
+        return bool(await self._finish(keys=keys, args=args))
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Drop an entry without touching its record (used after mark_running returned False)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, delivery.entry_id)
+            pipe.xdel(self.stream, delivery.entry_id)
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw = await self.redis.hgetall(self.record_key(job_id))
+        if not raw:
+            return None
+        data = {_str(k): v for k, v in raw.items()}
+        error = data.get("error")
+        consumer = data.get("consumer")
+        return JobRecord(
+            job_id=job_id,
+            status=JobStatus(_str(data["status"])),
+            result=data.get("result"),
+            error=_str(error) if error is not None else None,
+            created_ms=int(data.get("created_ms", 0)),
+            started_ms=_int_or_none(data.get("started_ms")),
+            finished_ms=_int_or_none(data.get("finished_ms")),
+            consumer=_str(consumer) if consumer is not None else None,
+            meta=json.loads(data.get("meta", b"{}")),
+        )
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        """The record once DONE/FAILED, None on timeout. BLPOP in short slices with a re-read of the record
+        each slice, so lost notifications and several waiters on one id only cost a slice at worst."""
+        deadline = time.monotonic() + timeout_s
+        done_key = self.done_key(job_id)
+        while True:
+            record = await self.get(job_id)
+            if record is not None and record.status in FINISHED:
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            # Never 0 (BLPOP's "forever"), never past the socket timeout.
+            slice_s = max(0.01, min(1.0, remaining, self._block_cap_s))
+            popped = await self.redis.blpop([done_key], timeout=slice_s)
+            if popped is not None:
+                # Put the token back so other waiters on this id wake now too, not a slice later.
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.lpush(done_key, popped[1])
+                    pipe.expire(done_key, self.result_ttl_s)
+                    await pipe.execute()

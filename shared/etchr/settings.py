@@ -1,0 +1,81 @@
+"""Every ``ETCHR_`` environment variable, one pydantic-settings class per service.
+
+A ``.env`` file in the working directory is read too; real environment variables win.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every service reads: Redis, auth, input limits."""
+
+    model_config = SettingsConfigDict(env_prefix="ETCHR_", env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://localhost:6379/0"
+    # Every Redis key and stream the services use starts with this; two stacks can share one Redis.
+    redis_prefix: str = "etchr"
+    # Comma-separated bearer tokens; empty turns auth off (logged as a warning at start-up).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Decoded pixel count above which an input image is refused (400). 16.7 MP ≈ 4096².
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+    # Request body limit (413). Base64 inflates by 4/3: 32 MiB carries a ~24 MB image.
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Optional JSON file overriding task-family meta-prompts / judge prompts (see docs/tasks.md).
+    tasks_file: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+
+class EditorSettings(CommonSettings):
+    """The editor HTTP front and its GPU workers."""
+
+    # Flux2KleinPipeline checkpoint: hub id or local directory. Required by the worker only.
+    editor_model: str | None = None
+    # Optional LoRA file(s)/dir(s), comma-separated, fused into the weights at load.
+    editor_lora: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    editor_lora_scale: float = 1.0
+    editor_device: str = "auto"
+    editor_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    editor_compile: bool = False
+    editor_steps: int = Field(default=40, ge=1, le=200)
+    editor_guidance: float = Field(default=3.5, ge=0.0, le=30.0)
+    # Pixel budget the model works in (the released checkpoint: about 1 MP); outputs are scaled back.
+    editor_max_model_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+    # Rows (images) per denoising batch and how long a worker waits to fill one. Defaults from
+    # bench/batch_throughput.py: batching buys nothing on a compute-bound GPU, so no waiting by default.
+    editor_max_batch: int = Field(default=4, ge=1, le=64)
+    editor_batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
+    editor_max_n: int = Field(default=16, ge=1, le=64)
+    editor_max_steps: int = Field(default=100, ge=1, le=500)
+    # Backpressure: jobs waiting or running above which new edits get 429 + Retry-After.
+    editor_queue_max: int = Field(default=256, ge=1)
+    # How long POST /edit waits for its result before 504 (the job keeps running; poll /jobs/{id}).
+    editor_deadline_s: float = Field(default=300.0, gt=0)
+    editor_warmup: bool = True
+    # Run a worker inside the HTTP front (`etchr serve editor`); `--no-worker` turns it off.
+    editor_worker: bool = True
+    # Standalone workers serve Prometheus metrics on this port (0 = off).
+    editor_worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+
+    # Redis queue behaviour.
+    queue_reclaim_s: float = Field(default=600.0, gt=0)
+    queue_max_deliveries: int = Field(default=3, ge=1)
+    queue_result_ttl_s: int = Field(default=3600, ge=1)
+
+    @field_validator("editor_lora", mode="before")
+    @classmethod
+    def _split_loras(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [path.strip() for path in value.split(",") if path.strip()]
+        return value

@@ -301,3 +301,21 @@ def test_redis_down_gives_503_and_the_front_recovers_by_itself(key_prefix: str) 
     finally:
         server.stop()
         own_redis.stop()
+
+
+def test_in_process_worker_recovers_after_a_redis_restart(key_prefix: str, tiny_editor_dir: Path) -> None:
+    own_redis = RedisServer().start()
+    server = UvicornThread(create_app(editor_settings(own_redis.url, key_prefix, tiny_editor_dir))).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert http.post("/edit", json=edit_body()).status_code == 200
+            own_redis.stop()
+            assert_error(http.post("/edit", json=edit_body()), 503, "redis_unavailable")
+            own_redis.start()  # an empty Redis: the stream and the consumer group are gone
+            wait_until(lambda: http.get("/readyz").status_code == 200, 20, "readiness after Redis returned")
+            response = http.post("/edit", json=edit_body())
+            assert response.status_code == 200, response.text
+            assert len(response.json()["images"]) == 1
+    finally:
+        server.stop()
+        own_redis.stop()

@@ -13,18 +13,15 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import torch
+from local_stack import editor_stack
 from PIL import Image
 
 from etchr.imaging import to_model_size
@@ -32,24 +29,6 @@ from etchr.tasks import TaskRegistry
 from etchr_editor.model import load_editor
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.tiny import save_tiny_editor
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
 def main() -> None:
@@ -66,37 +45,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="etchr-bench-"))
     model = args.model or str(save_tiny_editor(work / "tiny"))
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(redis_port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(work),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "ETCHR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "ETCHR_EDITOR_MODEL": model,
-        "ETCHR_EDITOR_DEVICE": args.device,
-        "ETCHR_EDITOR_MAX_BATCH": "1",
-        "ETCHR_EDITOR_BATCH_WAIT_MS": "0",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "etchr.cli", "serve", "editor", "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
+    stack_settings = {"ETCHR_EDITOR_MAX_BATCH": "1", "ETCHR_EDITOR_BATCH_WAIT_MS": "0"}
+    with editor_stack(model, args.device, stack_settings) as url:
         editor = load_editor(model, device=args.device)
         sampler = BatchedSampler(editor.pipe, max_rows=1)
         image = Image.new("RGB", (args.size, args.size), (180, 40, 40))
@@ -155,11 +105,7 @@ def main() -> None:
         print(f"{'path':<24}{'median ms':>12}{'÷ pipeline':>12}")
         for name, median in medians.items():
             print(f"{name:<24}{median * 1000:>12.1f}{median / base:>12.3f}")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        redis_proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

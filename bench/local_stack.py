@@ -1,0 +1,75 @@
+"""A throwaway Redis + ``etchr serve editor`` subprocess for benchmarks (what a user runs, over real HTTP)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+@contextmanager
+def editor_stack(model: str, device: str, settings: Mapping[str, str] = {}) -> Iterator[str]:
+    """Yields the base URL of a ready editor (in-process worker) backed by its own redis-server."""
+    work = Path(tempfile.mkdtemp(prefix="etchr-bench-"))
+    redis_port, port = free_port(), free_port()
+    redis_proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "ETCHR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "ETCHR_EDITOR_MODEL": model,
+        "ETCHR_EDITOR_DEVICE": device,
+        **settings,
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "etchr.cli", "serve", "editor", "--port", str(port), "--log-level", "warning"],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        redis_proc.kill()
+        shutil.rmtree(work, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -32,6 +33,17 @@ def wait_ready(url: str, timeout: float = 300) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def edit_arg_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every serving benchmark shares: which model, where, and what one edit is."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="Flux2KleinPipeline dir (default: build the tiny one)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--guidance", type=float, default=3.5)
+    return parser
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from local_stack import editor_stack
+from local_stack import edit_arg_parser, editor_stack
 from PIL import Image
 
 from etchr.tasks import TaskRegistry
@@ -83,14 +83,7 @@ async def served_images_per_s(url: str, args: argparse.Namespace) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", help="Flux2KleinPipeline dir (default: build the tiny one)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--guidance", type=float, default=3.5)
+    parser = edit_arg_parser(__doc__)
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=48)

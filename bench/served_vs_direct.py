@@ -10,7 +10,6 @@ Both run on this machine in one run, interleaved round by round so drift hits bo
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from local_stack import editor_stack
+from local_stack import edit_arg_parser, editor_stack
 from PIL import Image
 
 from etchr.imaging import to_model_size
@@ -32,14 +31,7 @@ from etchr_editor.tiny import save_tiny_editor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", help="Flux2KleinPipeline dir (default: build the tiny one)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--guidance", type=float, default=3.5)
+    parser = edit_arg_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
 

@@ -17,10 +17,15 @@ app = typer.Typer(
 )
 
 DEFAULT_PORTS = {"editor": 8001, "verifier": 8002, "reward": 8003}
-APP_FACTORIES = {"editor": "etchr_editor.api:create_app"}
+APP_FACTORIES = {"editor": "etchr_editor.api:create_app", "verifier": "etchr_verifier.api:create_app"}
 
 
 class Service(StrEnum):
+    editor = "editor"
+    verifier = "verifier"
+
+
+class WorkerService(StrEnum):
     editor = "editor"
 
 
@@ -56,7 +61,7 @@ def serve(
 
 @app.command("worker")
 def worker_cmd(
-    service: Annotated[Service, typer.Argument(help="which service's worker")],
+    service: Annotated[WorkerService, typer.Argument(help="which service's worker")],
     log_level: Annotated[str, typer.Option(help="log level")] = "info",
 ) -> None:
     """Run a queue worker alone (what Kubernetes scales on queue depth)."""

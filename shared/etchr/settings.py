@@ -11,6 +11,13 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+def _split_csv(value: object) -> object:
+    """Lists arrive from the environment as comma-separated strings."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 class CommonSettings(BaseSettings):
     """What every service reads: Redis, auth, input limits."""
 
@@ -29,12 +36,7 @@ class CommonSettings(BaseSettings):
     tasks_file: str | None = None
     log_level: str = "INFO"
 
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
-        return value
+    _split_keys = field_validator("api_keys", mode="before")(_split_csv)
 
 
 class EditorSettings(CommonSettings):
@@ -73,9 +75,45 @@ class EditorSettings(CommonSettings):
     queue_max_deliveries: int = Field(default=3, ge=1)
     queue_result_ttl_s: int = Field(default=3600, ge=1)
 
-    @field_validator("editor_lora", mode="before")
-    @classmethod
-    def _split_loras(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [path.strip() for path in value.split(",") if path.strip()]
-        return value
+    _split_loras = field_validator("editor_lora", mode="before")(_split_csv)
+
+
+class MLLMSettings(CommonSettings):
+    """The understanding model U and the judge J: any OpenAI-compatible chat-completions endpoint(s).
+
+    ``ETCHR_MLLM_BASE_URL`` may list several comma-separated URLs (e.g. one vLLM per GPU): load is spread
+    over them and a dead one is skipped. Judge settings left unset fall back to the MLLM's.
+    """
+
+    mllm_base_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    mllm_api_key: str = "EMPTY"
+    mllm_model: str | None = None
+    judge_base_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    judge_api_key: str | None = None
+    judge_model: str | None = None
+    # Per request; retries (with backoff, honouring Retry-After) on 429/5xx/timeouts before a backend
+    # counts as failed; concurrency bounds in-flight requests per client.
+    mllm_timeout_s: float = Field(default=120.0, gt=0)
+    mllm_max_retries: int = Field(default=2, ge=0, le=10)
+    mllm_concurrency: int = Field(default=64, ge=1)
+    # A backend that failed is skipped for this long while another is available.
+    mllm_backend_cooldown_s: float = Field(default=10.0, ge=0)
+
+    _split_mllm = field_validator("mllm_base_url", "judge_base_url", mode="before")(_split_csv)
+
+
+class VerifierSettings(MLLMSettings):
+    """The verifier (Edit-Verify-Reason)."""
+
+    editor_url: str = "http://localhost:8001"
+    # Bearer token the verifier presents to the editor when the editor has ETCHR_API_KEYS set.
+    editor_api_key: str | None = None
+    # How long the verifier waits for an edit before answering without it.
+    verifier_edit_timeout_s: float = Field(default=120.0, gt=0)
+    # In evr mode, answer from the original image while the edit is made, so a rejected edit costs no wait.
+    verifier_speculative: bool = True
+    verifier_max_tokens: int = Field(default=1024, ge=1)
+    verifier_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    verifier_route_cache_ttl_s: int = Field(default=86400, ge=1)
+    # JSON overriding the reasoning / routing prompts (docs/prompts.md).
+    verifier_prompts_file: str | None = None

@@ -1,4 +1,4 @@
-"""Editor test fixtures: the tiny random-init Flux2Klein checkpoint (SPEC §7), built once per test process.
+"""Editor fixtures: the tiny checkpoint through the real loader (``tiny_editor_dir`` is in tests/).
 
 Imports of torch/diffusers stay inside the fixtures so test files that never touch the model collect fast.
 """
@@ -12,14 +12,6 @@ import pytest
 
 if TYPE_CHECKING:
     from etchr_editor.model import LoadedEditor
-
-
-@pytest.fixture(scope="session")
-def tiny_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Flux2KleinPipeline checkpoint on disk (``save_pretrained`` layout), seed 0."""
-    from etchr_editor.tiny import save_tiny_editor
-
-    return save_tiny_editor(tmp_path_factory.mktemp("tiny-editor"))
 
 
 @pytest.fixture(scope="session")

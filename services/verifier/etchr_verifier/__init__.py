@@ -1,0 +1,1 @@
+"""The ETCHR verifier: Edit-Verify-Reason over any OpenAI-compatible MLLM."""

@@ -1,0 +1,83 @@
+"""The verifier's own prompts (reasoning and routing), in one versioned, overridable place.
+
+Judge prompts live with the task families (``etchr.tasks``) because the reward service uses them too.
+Placeholders are filled by plain substitution, so any other braces in a prompt or a question stay literal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from etchr.tasks import TaskRegistry
+
+QUESTION = "{question}"
+EDIT = "{edit}"
+FAMILIES = "{families}"
+
+_FINAL = "Think briefly if needed, then give the final answer as \\boxed{...}."
+
+
+class VerifierPrompts(BaseModel):
+    """Defaults are documented in docs/prompts.md; ``ETCHR_VERIFIER_PROMPTS_FILE`` overrides any of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason_direct: str = f"Question: {QUESTION}\n\n{_FINAL}"
+    reason_with_edit: str = (
+        "You are given two images. The first is the original image. The second is a helper view made from "
+        f"it by an image editor to make the evidence explicit ({EDIT}). Use the helper view to find the "
+        "evidence, and trust the original where they disagree.\n\n"
+        f"Question: {QUESTION}\n\n{_FINAL}"
+    )
+    route: str = (
+        "An image editor can prepare a helper view before a visual question is answered. "
+        "Which kind of helper view would help most with the question below?\n"
+        f"{FAMILIES}\n"
+        "- none: no edit would help; answer directly from the image.\n\n"
+        f"Question: {QUESTION}\n\n"
+        "Reply with exactly one word from: {choices}."
+    )
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> VerifierPrompts:
+        required = {
+            "reason_direct": [QUESTION],
+            "reason_with_edit": [QUESTION],
+            "route": [QUESTION, FAMILIES],
+        }
+        for name, placeholders in required.items():
+            for placeholder in placeholders:
+                if placeholder not in getattr(self, name):
+                    raise ValueError(f"prompt {name!r} must contain {placeholder}")
+        return self
+
+    @property
+    def version(self) -> str:
+        """Short content hash, so caches (e.g. routing decisions) never mix prompt versions."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> VerifierPrompts:
+        if not path:
+            return cls()
+        try:
+            return cls.model_validate(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, ValidationError) as exc:
+            raise ValueError(f"bad verifier prompts file {path}: {exc}") from exc
+
+    def direct(self, question: str) -> str:
+        return self.reason_direct.replace(QUESTION, question)
+
+    def with_edit(self, question: str, edit: str) -> str:
+        return self.reason_with_edit.replace(EDIT, edit).replace(QUESTION, question)
+
+    def routing(self, question: str, tasks: TaskRegistry) -> str:
+        families = "\n".join(f"- {family.id}: {family.edit}" for family in tasks)
+        choices = ", ".join([*tasks.ids(), "none"])
+        return (
+            self.route.replace(FAMILIES, families).replace("{choices}", choices).replace(QUESTION, question)
+        )

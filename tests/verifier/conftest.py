@@ -1,0 +1,109 @@
+"""Verifier fixtures: the test MLLM server (scripted by prompt kind), the tiny editor, verifier apps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from etchr.settings import EditorSettings, VerifierSettings
+from etchr_editor.api import create_app as create_editor_app
+from etchr_verifier.api import create_app as create_verifier_app
+from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
+from tests.support.redis_server import RedisServer
+from tests.support.servers import UvicornThread
+
+ROUTE_MARK = "Reply with exactly one word from"
+JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
+
+
+def kind_of(request: RecordedRequest) -> str:
+    """Which stage sent a request, from its prompt: route, judge, reason_edit or reason_direct."""
+    if ROUTE_MARK in request.text:
+        return "route"
+    if JUDGE_MARK in request.text:
+        return "judge"
+    return "reason_edit" if request.image_count == 2 else "reason_direct"
+
+
+@dataclass
+class Script:
+    """What the test MLLM answers per stage; tests change fields to script a scenario."""
+
+    route: str = "logic"
+    verdict: str = "1"
+    edit_answer: str = "Following the drawn path, the exit is B.\n\\boxed{B}"
+    direct_answer: str = "It looks like A.\n\\boxed{A}"
+
+    def __call__(self, request: RecordedRequest) -> Reply | str:
+        return {
+            "route": self.route,
+            "judge": self.verdict,
+            "reason_edit": self.edit_answer,
+            "reason_direct": self.direct_answer,
+        }[kind_of(request)]
+
+
+@pytest.fixture
+def script() -> Script:
+    return Script()
+
+
+@pytest.fixture
+def mllm(script: Script) -> Iterator[ScriptedMLLM]:
+    server = ScriptedMLLM(script).start()
+    yield server
+    server.stop()
+
+
+def requests_of(mllm: ScriptedMLLM, kind: str) -> list[RecordedRequest]:
+    return [request for request in mllm.requests if kind_of(request) == kind]
+
+
+@pytest.fixture(scope="module")
+def editor_url(redis_server: RedisServer, tiny_editor_dir: Path) -> Iterator[str]:
+    """The real editor (tiny checkpoint, in-process worker) the verifier calls over HTTP."""
+    settings = EditorSettings(
+        redis_url=redis_server.url,
+        redis_prefix="verifier-editor",
+        editor_model=str(tiny_editor_dir),
+        editor_device="cpu",
+        editor_steps=2,
+    )
+    server = UvicornThread(create_editor_app(settings)).start()
+    yield server.url
+    server.stop()
+
+
+VerifierFactory = Callable[..., str]
+
+
+@pytest.fixture
+def verifier(
+    redis_server: RedisServer, key_prefix: str, editor_url: str, mllm: ScriptedMLLM
+) -> Iterator[VerifierFactory]:
+    """Starts verifier apps wired to the editor and the test MLLM; keyword arguments override settings."""
+    servers: list[UvicornThread] = []
+
+    def start(**overrides: object) -> str:
+        values: dict[str, object] = {
+            "redis_url": redis_server.url,
+            "redis_prefix": key_prefix,
+            "editor_url": editor_url,
+            "mllm_base_url": [mllm.base_url],
+            "mllm_model": "test-vlm",
+            "mllm_max_retries": 0,
+            "max_image_pixels": 512 * 512,
+            **overrides,
+        }
+        server = UvicornThread(create_verifier_app(VerifierSettings(**values))).start(  # type: ignore[arg-type]
+            wait_ready=bool(values["mllm_base_url"])
+        )
+        servers.append(server)
+        return server.url
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from etchr.tasks import TaskRegistry
+from etchr_verifier.prompts import VerifierPrompts
+from etchr_verifier.routing import parse_route
+
+CHOICES = ("perception", "chart", "logic", "jigsaw", "3d", "none")
+
+
+def test_defaults_fill_every_placeholder() -> None:
+    prompts = VerifierPrompts()
+    tasks = TaskRegistry.default()
+    question = "What is {x} in the chart?"  # braces in a question stay literal
+    for text in (
+        prompts.direct(question),
+        prompts.with_edit(question, tasks.get("chart").edit),
+        prompts.routing(question, tasks),
+    ):
+        assert question in text
+        assert "{question}" not in text and "{edit}" not in text and "{families}" not in text
+    routing = prompts.routing(question, tasks)
+    for family in tasks:
+        assert f"- {family.id}: {family.edit}" in routing
+    assert "perception, chart, logic, jigsaw, 3d, none" in routing
+
+
+def test_file_overrides_and_versions(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps({"reason_direct": "Q: {question}\nAnswer in one word."}))
+    custom = VerifierPrompts.from_file(path)
+    assert custom.direct("why?") == "Q: why?\nAnswer in one word."
+    assert custom.reason_with_edit == VerifierPrompts().reason_with_edit
+    assert custom.version != VerifierPrompts().version
+    assert VerifierPrompts.from_file(None) == VerifierPrompts()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"reason_direct": "no placeholder here"},
+        {"route": "{question} but no families"},
+        {"reason_drect": "typo {question}"},
+    ],
+)
+def test_bad_prompt_files_fail_clearly(tmp_path: Path, content: dict[str, str]) -> None:
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="bad verifier prompts file"):
+        VerifierPrompts.from_file(path)
+
+
+@pytest.mark.parametrize(
+    ("reply", "task"),
+    [
+        ("logic", "logic"),
+        ("  **Chart**.", "chart"),
+        ("<think>maybe perception?</think>\n3d", "3d"),
+        ("none", "none"),
+        ("jigsaw-like", "none"),
+        ("I don't know", "none"),
+        ("", "none"),
+    ],
+)
+def test_parse_route(reply: str, task: str) -> None:
+    assert parse_route(reply, CHOICES) == task
+
+
+def test_docs_show_the_default_prompts_verbatim() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "prompts.md").read_text()
+    defaults = VerifierPrompts()
+    for text in (defaults.reason_direct, defaults.reason_with_edit, defaults.route):
+        assert f"```text\n{text}\n```" in docs

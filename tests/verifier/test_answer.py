@@ -228,21 +228,19 @@ def test_metrics_count_stages_verdicts_and_fallbacks(verifier: VerifierFactory, 
     assert 'etchr_verifier_stage_seconds_count{stage="edit"} 2.0' in metrics
 
 
+def user_turn(image_url: str, text: str = QUESTION) -> dict[str, object]:
+    return {
+        "role": "user",
+        "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": image_url}}],
+    }
+
+
 def test_openai_chat_facade(verifier: VerifierFactory, mllm: ScriptedMLLM) -> None:
     client = openai.OpenAI(base_url=f"{verifier()}/v1", api_key="unused", max_retries=0)
     image_url = "data:image/png;base64," + png_b64(80, 64)
     completion = client.chat.completions.create(
         model="etchr-logic",
-        messages=[
-            {"role": "system", "content": "You are helpful."},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": QUESTION},
-                    {"type": "image_url", "image_url": {"url": image_url}},
-                ],
-            },
-        ],
+        messages=[{"role": "system", "content": "You are helpful."}, user_turn(image_url)],  # type: ignore[list-item]
     )
     assert completion.choices[0].message.content.startswith("Following the drawn path")
     assert completion.object == "chat.completion"
@@ -252,28 +250,8 @@ def test_openai_chat_facade(verifier: VerifierFactory, mllm: ScriptedMLLM) -> No
     with pytest.raises(openai.BadRequestError, match="image_url"):
         client.chat.completions.create(model="etchr", messages=[{"role": "user", "content": QUESTION}])
     with pytest.raises(openai.BadRequestError, match="remote URLs"):
-        client.chat.completions.create(
-            model="etchr",
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": QUESTION},
-                        {"type": "image_url", "image_url": {"url": "http://example.invalid/x.png"}},
-                    ],
-                }
-            ],
-        )
+        client.chat.completions.create(model="etchr", messages=[user_turn("http://example.invalid/x.png")])  # type: ignore[list-item]
     with pytest.raises(openai.BadRequestError, match="unknown model"):
-        client.chat.completions.create(
-            model="etchr-astrology",
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": QUESTION},
-                        {"type": "image_url", "image_url": {"url": image_url}},
-                    ],
-                }
-            ],
-        )
+        client.chat.completions.create(model="etchr-astrology", messages=[user_turn(image_url)])  # type: ignore[list-item]
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.chat.completions.create(model="etchr", messages=[user_turn(image_url)], stream=True)  # type: ignore[list-item]

@@ -35,14 +35,13 @@ from etchr.protocol.edit import (
 )
 from etchr.queue import JobQueue, JobRecord, JobStatus
 from etchr.settings import EditorSettings
-from etchr.tasks import TaskRegistry
+from etchr.tasks import TASK_IDS, TaskRegistry
 from etchr_editor.metrics import EditorMetrics
 from etchr_editor.worker import EditorWorker, editor_queue
 
 logger = logging.getLogger("etchr.editor.api")
 
 RETRY_AFTER_FULL_S = "5"
-TASK_IDS: tuple[EditTask, ...] = ("perception", "chart", "logic", "jigsaw", "3d")
 
 
 @dataclass

@@ -98,6 +98,8 @@ class MLLMSettings(CommonSettings):
     mllm_concurrency: int = Field(default=64, ge=1)
     # A backend that failed is skipped for this long while another is available.
     mllm_backend_cooldown_s: float = Field(default=10.0, ge=0)
+    # JSON overriding the answer / routing prompts (verifier and reward service alike; docs/prompts.md).
+    prompts_file: str | None = None
 
     _split_mllm = field_validator("mllm_base_url", "judge_base_url", mode="before")(_split_csv)
 
@@ -115,5 +117,3 @@ class VerifierSettings(MLLMSettings):
     verifier_max_tokens: int = Field(default=1024, ge=1)
     verifier_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     verifier_route_cache_ttl_s: int = Field(default=86400, ge=1)
-    # JSON overriding the reasoning / routing prompts (docs/prompts.md).
-    verifier_prompts_file: str | None = None

@@ -16,6 +16,7 @@ from etchr.http import ServiceError, error_response, require_api_key
 from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, decode_base64_image
 from etchr.mllm import MLLMClient, MLLMNotConfigured, MLLMRejected, MLLMUnavailable
+from etchr.prompts import AnswerPrompts
 from etchr.protocol.answer import (
     AnswerRequest,
     AnswerResponse,
@@ -29,7 +30,6 @@ from etchr.tasks import TASK_IDS, TaskRegistry
 from etchr_verifier.editor_client import EditorClient
 from etchr_verifier.evr import EVRPipeline
 from etchr_verifier.metrics import VerifierMetrics
-from etchr_verifier.prompts import VerifierPrompts
 from etchr_verifier.routing import NONE, TaskRouter
 
 logger = logging.getLogger("etchr.verifier.api")
@@ -137,7 +137,7 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
     settings = settings or VerifierSettings()
     metrics = VerifierMetrics()
     tasks = TaskRegistry.from_file(settings.tasks_file)
-    prompts = VerifierPrompts.from_file(settings.verifier_prompts_file)
+    prompts = AnswerPrompts.from_file(settings.prompts_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -21,11 +21,11 @@ from PIL import Image
 from etchr.answers import extract_final_answer
 from etchr.imaging import encode_png
 from etchr.mllm import MLLMClient, MLLMError, parse_verdict, user_message
+from etchr.prompts import AnswerPrompts
 from etchr.protocol.answer import AnswerRequest, AnswerResponse, Verification
 from etchr.tasks import TaskRegistry
 from etchr_verifier.editor_client import EditorClient, EditorUnavailable
 from etchr_verifier.metrics import VerifierMetrics
-from etchr_verifier.prompts import VerifierPrompts
 from etchr_verifier.routing import NONE, TaskRouter
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class EVRPipeline:
         editor: EditorClient,
         router: TaskRouter,
         tasks: TaskRegistry,
-        prompts: VerifierPrompts,
+        prompts: AnswerPrompts,
         metrics: VerifierMetrics,
         speculative: bool,
         max_tokens: int,

@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from etchr.mllm import MLLMClient, user_message
+from etchr.prompts import AnswerPrompts
 from etchr.tasks import TaskRegistry
 from etchr_verifier.metrics import VerifierMetrics
-from etchr_verifier.prompts import VerifierPrompts
 
 logger = logging.getLogger("etchr.verifier.routing")
 
@@ -38,7 +38,7 @@ class TaskRouter:
         self,
         mllm: MLLMClient,
         tasks: TaskRegistry,
-        prompts: VerifierPrompts,
+        prompts: AnswerPrompts,
         metrics: VerifierMetrics,
         *,
         redis: aioredis.Redis,

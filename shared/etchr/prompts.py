@@ -1,6 +1,7 @@
-"""The verifier's own prompts (reasoning and routing), in one versioned, overridable place.
+"""The answering prompts (direct, with the edit) and the routing prompt, in one versioned, overridable place.
 
-Judge prompts live with the task families (``etchr.tasks``) because the reward service uses them too.
+The verifier answers with them and the reward service asks R_guid / Eq. 1 questions with the same words, so
+what the RL reward measures is what serving does. Judge prompts live with the task families (``etchr.tasks``).
 Placeholders are filled by plain substitution, so any other braces in a prompt or a question stay literal.
 """
 
@@ -21,8 +22,8 @@ FAMILIES = "{families}"
 _FINAL = "Think briefly if needed, then give the final answer as \\boxed{...}."
 
 
-class VerifierPrompts(BaseModel):
-    """Defaults are documented in docs/prompts.md; ``ETCHR_VERIFIER_PROMPTS_FILE`` overrides any of them."""
+class AnswerPrompts(BaseModel):
+    """Defaults are documented in docs/prompts.md; ``ETCHR_PROMPTS_FILE`` overrides any of them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,7 +44,7 @@ class VerifierPrompts(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _placeholders(self) -> VerifierPrompts:
+    def _placeholders(self) -> AnswerPrompts:
         required = {
             "reason_direct": [QUESTION],
             "reason_with_edit": [QUESTION],
@@ -61,13 +62,13 @@ class VerifierPrompts(BaseModel):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
     @classmethod
-    def from_file(cls, path: str | Path | None) -> VerifierPrompts:
+    def from_file(cls, path: str | Path | None) -> AnswerPrompts:
         if not path:
             return cls()
         try:
             return cls.model_validate(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, ValidationError) as exc:
-            raise ValueError(f"bad verifier prompts file {path}: {exc}") from exc
+            raise ValueError(f"bad prompts file {path}: {exc}") from exc
 
     def direct(self, question: str) -> str:
         return self.reason_direct.replace(QUESTION, question)

@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from etchr.prompts import AnswerPrompts
 from etchr.tasks import TaskRegistry
-from etchr_verifier.prompts import VerifierPrompts
 from etchr_verifier.routing import parse_route
 
 CHOICES = ("perception", "chart", "logic", "jigsaw", "3d", "none")
 
 
 def test_defaults_fill_every_placeholder() -> None:
-    prompts = VerifierPrompts()
+    prompts = AnswerPrompts()
     tasks = TaskRegistry.default()
     question = "What is {x} in the chart?"  # braces in a question stay literal
     for text in (
@@ -32,11 +32,11 @@ def test_defaults_fill_every_placeholder() -> None:
 def test_file_overrides_and_versions(tmp_path: Path) -> None:
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps({"reason_direct": "Q: {question}\nAnswer in one word."}))
-    custom = VerifierPrompts.from_file(path)
+    custom = AnswerPrompts.from_file(path)
     assert custom.direct("why?") == "Q: why?\nAnswer in one word."
-    assert custom.reason_with_edit == VerifierPrompts().reason_with_edit
-    assert custom.version != VerifierPrompts().version
-    assert VerifierPrompts.from_file(None) == VerifierPrompts()
+    assert custom.reason_with_edit == AnswerPrompts().reason_with_edit
+    assert custom.version != AnswerPrompts().version
+    assert AnswerPrompts.from_file(None) == AnswerPrompts()
 
 
 @pytest.mark.parametrize(
@@ -50,8 +50,8 @@ def test_file_overrides_and_versions(tmp_path: Path) -> None:
 def test_bad_prompt_files_fail_clearly(tmp_path: Path, content: dict[str, str]) -> None:
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(content))
-    with pytest.raises(ValueError, match="bad verifier prompts file"):
-        VerifierPrompts.from_file(path)
+    with pytest.raises(ValueError, match="bad prompts file"):
+        AnswerPrompts.from_file(path)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +72,6 @@ def test_parse_route(reply: str, task: str) -> None:
 
 def test_docs_show_the_default_prompts_verbatim() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "prompts.md").read_text()
-    defaults = VerifierPrompts()
+    defaults = AnswerPrompts()
     for text in (defaults.reason_direct, defaults.reason_with_edit, defaults.route):
         assert f"```text\n{text}\n```" in docs

@@ -1,0 +1,97 @@
+"""Reward service payloads (SPEC §5): ``POST /reward`` for the RL trainer and ``POST /filter`` (Eq. 1)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from etchr.protocol.edit import EditTask
+
+AdvantageMode = Literal["pref-grpo", "grpo", "none"]
+
+
+class RewardItem(BaseModel):
+    """One (I, q, a) with its group of G edits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    image: str = Field(min_length=1, description="the original image I, base64")
+    question: str = Field(min_length=1, max_length=8000)
+    answer: str = Field(min_length=1, max_length=8000, description="the ground truth a")
+    task: EditTask | None = Field(default=None, description="picks the judge prompt; default perception")
+    scorer: str | None = Field(
+        default=None, description="answer-matching rule (docs/answers.md); default auto"
+    )
+    meta: dict[str, Any] | None = Field(default=None, description="structured ground truth for task scorers")
+    edits: list[str] = Field(min_length=1, max_length=64, description="G edited images, base64")
+
+
+class RewardRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[RewardItem] = Field(min_length=1)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="R = α·R_guid + (1−α)·R_corr")
+    k: int = Field(default=4, ge=1, le=32, description="stochastic decodings per query")
+    advantage: AdvantageMode = "pref-grpo"
+
+
+class EditReward(BaseModel):
+    guidance: float = Field(description="fraction of k decodings where U answered correctly from the edit")
+    correctness: float = Field(description="fraction of k judge decodings saying the edit holds the evidence")
+    reward: float
+
+
+class ItemReward(BaseModel):
+    id: str
+    rewards: list[EditReward]
+    win_rates: list[float] | None
+    advantages: list[float] | None
+
+
+class RewardUsage(BaseModel):
+    mllm_requests: int = Field(description="HTTP requests to MLLM backends this call caused")
+    cache_hits: int = Field(description="queries answered from the cache")
+    coalesced: int = Field(default=0, description="queries that joined an identical one already in flight")
+    queries: int = Field(default=0, description="queries the call needed in all")
+
+
+class RewardResponse(BaseModel):
+    items: list[ItemReward]
+    usage: RewardUsage
+    timings: dict[str, float]
+
+
+class FilterItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    image: str = Field(min_length=1)
+    question: str = Field(min_length=1, max_length=8000)
+    answer: str = Field(min_length=1, max_length=8000)
+    edited_image: str = Field(min_length=1, description="the ground-truth edit I_e*")
+    task: EditTask | None = None
+    scorer: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+class FilterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[FilterItem] = Field(min_length=1)
+    k: int = Field(default=1, ge=1, le=32)
+
+
+class FilterResult(BaseModel):
+    id: str
+    base_correct: float = Field(description="fraction of k decodings correct from I alone")
+    edit_correct: float = Field(description="fraction of k decodings correct given I and I_e*")
+    keep: bool
+
+
+class FilterResponse(BaseModel):
+    keep: list[str]
+    items: list[FilterResult]
+    usage: RewardUsage
+    timings: dict[str, float]

@@ -17,16 +17,27 @@ app = typer.Typer(
 )
 
 DEFAULT_PORTS = {"editor": 8001, "verifier": 8002, "reward": 8003}
-APP_FACTORIES = {"editor": "etchr_editor.api:create_app", "verifier": "etchr_verifier.api:create_app"}
+APP_FACTORIES = {
+    "editor": "etchr_editor.api:create_app",
+    "verifier": "etchr_verifier.api:create_app",
+    "reward": "etchr_reward.api:create_app",
+}
+# `etchr worker X`: the module with `serve_worker(settings)` and the settings class it takes.
+WORKERS = {
+    "editor": ("etchr_editor.worker", "EditorSettings"),
+    "reward": ("etchr_reward.worker", "RewardSettings"),
+}
 
 
 class Service(StrEnum):
     editor = "editor"
     verifier = "verifier"
+    reward = "reward"
 
 
 class WorkerService(StrEnum):
     editor = "editor"
+    reward = "reward"
 
 
 def _logging(level: str) -> None:
@@ -39,15 +50,15 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "0.0.0.0",
     port: Annotated[int | None, typer.Option(help="port (editor 8001, verifier 8002, reward 8003)")] = None,
     worker: Annotated[
-        bool, typer.Option("--worker/--no-worker", help="editor: run a GPU worker in-process")
+        bool, typer.Option("--worker/--no-worker", help="editor/reward: run a worker in-process")
     ] = True,
     log_level: Annotated[str, typer.Option(help="log level")] = "info",
 ) -> None:
     """Run a service's HTTP API with uvicorn."""
     import uvicorn
 
-    if service is Service.editor:
-        os.environ["ETCHR_EDITOR_WORKER"] = "true" if worker else "false"
+    if service in (Service.editor, Service.reward):
+        os.environ[f"ETCHR_{service.value.upper()}_WORKER"] = "true" if worker else "false"
     _logging(log_level)
     uvicorn.run(
         APP_FACTORIES[service.value],
@@ -66,9 +77,9 @@ def worker_cmd(
 ) -> None:
     """Run a queue worker alone (what Kubernetes scales on queue depth)."""
     _logging(log_level)
-    settings_mod = importlib.import_module("etchr.settings")
-    worker_mod = importlib.import_module("etchr_editor.worker")
-    asyncio.run(worker_mod.serve_worker(settings_mod.EditorSettings()))
+    module, settings_class = WORKERS[service.value]
+    settings = getattr(importlib.import_module("etchr.settings"), settings_class)()
+    asyncio.run(importlib.import_module(module).serve_worker(settings))
 
 
 @app.command("tiny-editor")

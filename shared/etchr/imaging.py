@@ -63,7 +63,12 @@ class ImageLimits:
 
 
 def decode_base64_image(data: str, limits: ImageLimits) -> Image.Image:
-    """Decode a bare base64 string or a ``data:image/...;base64,`` URL into an RGB image.
+    """Decode a bare base64 string or a ``data:image/...;base64,`` URL into an RGB image."""
+    return decode_image_bytes(decode_base64_bytes(data, limits), limits)
+
+
+def decode_base64_bytes(data: str, limits: ImageLimits) -> bytes:
+    """The encoded image bytes of a bare base64 string or a data URL, not yet decoded as an image.
 
     Base64 is strict (no characters outside the standard alphabet, so a typo is an error rather than a
     silently different image) but tolerates line breaks/whitespace and missing ``=`` padding, which real
@@ -92,7 +97,18 @@ def decode_base64_image(data: str, limits: ImageLimits) -> Image.Image:
         raise ImageError(
             "image is not valid base64 (standard alphabet A-Z a-z 0-9 + /, optional = padding)"
         ) from exc
-    return decode_image_bytes(raw, limits)
+    return raw
+
+
+def image_mime(raw: bytes) -> str:
+    """The media type of PNG/JPEG/WebP bytes from their magic number (for data URLs sent onwards)."""
+    if raw.startswith(b"\x89PNG"):
+        return "image/png"
+    if raw.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "image/webp"
+    raise ImageError("image is not PNG, JPEG or WebP")
 
 
 def _data_url_payload(url: str) -> str:

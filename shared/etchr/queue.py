@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -354,3 +354,46 @@ class JobQueue:
                     pipe.lpush(done_key, popped[1])
                     pipe.expire(done_key, self.result_ttl_s)
                     await pipe.execute()
+
+    async def wait_many(self, job_ids: Collection[str], timeout_s: float) -> dict[str, JobRecord]:
+        """The finished records of many jobs, waiting on all of them over ONE connection.
+
+        A batch caller (the reward service waits on hundreds of queries per request) would hold a connection
+        per job with :meth:`wait`; here one BLPOP watches every remaining done-list, and each slice re-reads
+        the remaining records in one pipeline. Jobs unfinished at the deadline are absent from the result.
+        """
+        deadline = time.monotonic() + timeout_s
+        remaining = set(job_ids)
+        to_check = set(remaining)  # everything at first and after a quiet slice; else just the job notified
+        finished: dict[str, JobRecord] = {}
+        done_prefix = self.done_key("")
+        while remaining:
+            ordered = sorted(to_check)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ordered:
+                    pipe.hget(self.record_key(job_id), "status")
+                statuses = await pipe.execute()
+            for job_id, status in zip(ordered, statuses, strict=True):
+                if status is not None and JobStatus(_str(status)) in FINISHED:
+                    record = await self.get(job_id)
+                    if record is not None:
+                        finished[job_id] = record
+                        remaining.discard(job_id)
+            left = deadline - time.monotonic()
+            if not remaining or left <= 0:
+                break
+            slice_s = max(0.01, min(1.0, left, self._block_cap_s))
+            popped = await self.redis.blpop(
+                [self.done_key(job_id) for job_id in sorted(remaining)], timeout=slice_s
+            )
+            if popped is None:
+                to_check = set(remaining)  # a lost notification costs one slice at most
+                continue
+            key = _str(popped[0])
+            to_check = {key.removeprefix(done_prefix)}
+            # Put the token back for other waiters on the same job.
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, popped[1])
+                pipe.expire(key, self.result_ttl_s)
+                await pipe.execute()
+        return finished

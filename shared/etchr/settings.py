@@ -32,6 +32,11 @@ class CommonSettings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, gt=0)
     # Request body limit (413). Base64 inflates by 4/3: 32 MiB carries a ~24 MB image.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Redis queues: a job a dead worker held is re-delivered after this idle time (keep it above the slowest
+    # batch); after max deliveries it is dead-lettered; finished jobs stay readable for the result TTL.
+    queue_reclaim_s: float = Field(default=600.0, gt=0)
+    queue_max_deliveries: int = Field(default=3, ge=1)
+    queue_result_ttl_s: int = Field(default=3600, ge=1)
     # Optional JSON file overriding task-family meta-prompts / judge prompts (see docs/tasks.md).
     tasks_file: str | None = None
     log_level: str = "INFO"
@@ -69,11 +74,6 @@ class EditorSettings(CommonSettings):
     editor_worker: bool = True
     # Standalone workers serve Prometheus metrics on this port (0 = off).
     editor_worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
-
-    # Redis queue behaviour.
-    queue_reclaim_s: float = Field(default=600.0, gt=0)
-    queue_max_deliveries: int = Field(default=3, ge=1)
-    queue_result_ttl_s: int = Field(default=3600, ge=1)
 
     _split_loras = field_validator("editor_lora", mode="before")(_split_csv)
 
@@ -117,3 +117,22 @@ class VerifierSettings(MLLMSettings):
     verifier_max_tokens: int = Field(default=1024, ge=1)
     verifier_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     verifier_route_cache_ttl_s: int = Field(default=86400, ge=1)
+
+
+class RewardSettings(MLLMSettings):
+    """The reward service: R_guid / R_corr queries through a Redis stream to bounded-concurrency workers."""
+
+    # Run query workers inside the API process (`etchr worker reward` adds more, anywhere).
+    reward_worker: bool = True
+    # Queries one worker process keeps in flight; ETCHR_MLLM_CONCURRENCY bounds the requests to the backends.
+    reward_max_in_flight: int = Field(default=256, ge=1)
+    # Temperatures of U's K guidance decodings and J's K correctness decodings (stochastic: soft rewards).
+    reward_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    reward_judge_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    reward_max_tokens: int = Field(default=512, ge=1)
+    # Ask the judge when the matching rules cannot decide an open answer (else it counts as wrong).
+    reward_open_judge: bool = True
+    reward_cache_ttl_s: int = Field(default=7 * 86400, ge=1)
+    reward_deadline_s: float = Field(default=600.0, gt=0)
+    # MLLM queries one request may need (items × G × 2); the client splits larger batches.
+    reward_max_queries: int = Field(default=8192, ge=1)

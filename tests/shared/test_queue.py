@@ -286,3 +286,32 @@ async def test_redis_restart_recreates_group_and_errors_propagate(key_prefix: st
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_wait_many_returns_finished_jobs_and_omits_the_rest(redis_url: str, key_prefix: str) -> None:
+    client = Redis.from_url(redis_url)
+    queue = JobQueue(client, key_prefix, reclaim_idle_s=5)
+    try:
+        await queue.ensure_group()
+        for job_id in ("a", "b", "c"):
+            await queue.enqueue(job_id, {"x": "1"})
+        deliveries = {d.job_id: d for d in await queue.read("w", count=3, block_ms=None)}
+        await queue.complete(deliveries["a"], b"A")  # finished before anyone waits
+
+        async def finish_later() -> None:
+            await asyncio.sleep(0.2)
+            await queue.fail(deliveries["b"], "boom")
+
+        started = time.monotonic()
+        later = asyncio.create_task(finish_later())
+        records = await queue.wait_many(["a", "b", "c"], timeout_s=1.5)
+        await later
+        assert set(records) == {"a", "b"}  # c never finished
+        assert records["a"].result == b"A" and records["b"].error == "boom"
+        assert 1.4 < time.monotonic() - started < 3
+
+        quick = time.monotonic()
+        assert set(await queue.wait_many(["a", "b"], timeout_s=5)) == {"a", "b"}
+        assert time.monotonic() - quick < 0.5
+    finally:
+        await client.aclose()

@@ -1,0 +1,250 @@
+"""The reward HTTP API: ``POST /reward`` (R_guid, R_corr, Pref-GRPO advantages), ``POST /filter`` (Eq. 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from etchr.answers import match_answer
+from etchr.http import ServiceError, redis_readiness, require_api_key
+from etchr.http import create_app as create_service_app
+from etchr.imaging import ImageLimits, decode_base64_bytes, decode_image_bytes
+from etchr.protocol.reward import (
+    EditReward,
+    FilterRequest,
+    FilterResponse,
+    FilterResult,
+    ItemReward,
+    RewardRequest,
+    RewardResponse,
+)
+from etchr.settings import RewardSettings
+from etchr_reward.advantages import combine, group_advantages
+from etchr_reward.dispatch import PendingQuery, QueryDispatcher
+from etchr_reward.metrics import RewardMetrics
+from etchr_reward.scoring import Query, QueryKind, RewardScorer
+from etchr_reward.worker import RewardWorker, build_scorer, reward_queue
+
+logger = logging.getLogger("etchr.reward.api")
+
+DEFAULT_TASK = "perception"
+
+
+@dataclass
+class RewardRuntime:
+    settings: RewardSettings
+    scorer: RewardScorer
+    dispatcher: QueryDispatcher
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_body_bytes)
+
+
+def get_runtime(request: Request) -> RewardRuntime:
+    return request.app.state.runtime
+
+
+def _image(data: str, limits: ImageLimits, where: str) -> bytes:
+    """The encoded bytes, after checking they decode within the limits (the MLLM gets them unchanged)."""
+    try:
+        raw = decode_base64_bytes(data, limits)
+        decode_image_bytes(raw, limits)
+    except ValueError as exc:
+        raise ServiceError(400, "invalid_image", f"{where}: {exc}") from None
+    return raw
+
+
+def _check_ground_truth(item_id: str, answer: str, scorer: str | None, meta: dict | None) -> None:
+    """A malformed ground truth (unknown scorer, bad maze meta) is the caller's error: 400, no query made."""
+    try:
+        match_answer("x", answer, scorer=scorer or "auto", meta=meta)
+    except ValueError as exc:
+        raise ServiceError(400, "invalid_field", f"item {item_id!r}: {exc}") from None
+
+
+def _query(
+    runtime: RewardRuntime, kind: QueryKind, item: object, images: tuple[bytes, ...], k: int
+) -> PendingQuery:
+    query = Query(
+        kind=kind,
+        task=getattr(item, "task", None) or DEFAULT_TASK,
+        question=item.question,  # type: ignore[attr-defined]
+        answer=None if kind == "correctness" else item.answer,  # type: ignore[attr-defined]
+        scorer=None if kind == "correctness" else item.scorer,  # type: ignore[attr-defined]
+        meta=None if kind == "correctness" else item.meta,  # type: ignore[attr-defined]
+        k=k,
+    )
+    return PendingQuery(runtime.scorer.digest(query, images), query, images)
+
+
+def _check_size(runtime: RewardRuntime, count: int) -> None:
+    if count > runtime.settings.reward_max_queries:
+        raise ServiceError(
+            400,
+            "too_many_queries",
+            f"the request needs {count} MLLM queries; the limit is {runtime.settings.reward_max_queries} "
+            "(ETCHR_REWARD_MAX_QUERIES): split it (the Python client does)",
+        )
+
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@router.post("/reward", response_model=RewardResponse)
+async def reward(body: RewardRequest, runtime: RewardRuntime = Depends(get_runtime)) -> RewardResponse:
+    """Score G edits per item: guidance and correctness over k decodings, combined with α, then advantages."""
+    started = time.perf_counter()
+    ids = [item.id for item in body.items]
+    if len(set(ids)) != len(ids):
+        raise ServiceError(400, "invalid_field", "item ids must be unique within a request")
+    _check_size(runtime, sum(2 * len(item.edits) for item in body.items))
+    plan: list[list[tuple[PendingQuery, PendingQuery]]] = []
+    for item in body.items:
+        _check_ground_truth(item.id, item.answer, item.scorer, item.meta)
+        original = await run_in_threadpool(_image, item.image, runtime.limits, f"item {item.id!r} image")
+        group = []
+        for g, edit in enumerate(item.edits):
+            edited = await run_in_threadpool(_image, edit, runtime.limits, f"item {item.id!r} edits[{g}]")
+            images = (original, edited)
+            group.append(
+                (
+                    _query(runtime, "guidance", item, images, body.k),
+                    _query(runtime, "correctness", item, images, body.k),
+                )
+            )
+        plan.append(group)
+    prepared = time.perf_counter()
+    resolution = await runtime.dispatcher.resolve(
+        [query for group in plan for pair in group for query in pair]
+    )
+    items = []
+    for item, group in zip(body.items, plan, strict=True):
+        rewards = []
+        for guidance_query, correctness_query in group:
+            guidance = resolution.results[guidance_query.digest].score
+            correctness = resolution.results[correctness_query.digest].score
+            rewards.append(
+                EditReward(
+                    guidance=guidance,
+                    correctness=correctness,
+                    reward=combine(guidance, correctness, body.alpha),
+                )
+            )
+        win_rates, advantages = group_advantages([r.reward for r in rewards], body.advantage)
+        items.append(ItemReward(id=item.id, rewards=rewards, win_rates=win_rates, advantages=advantages))
+    done = time.perf_counter()
+    return RewardResponse(
+        items=items,
+        usage=resolution.usage,
+        timings={
+            "prepare_ms": round((prepared - started) * 1000, 2),
+            "score_ms": round((done - prepared) * 1000, 2),
+        },
+    )
+
+
+@router.post("/filter", response_model=FilterResponse)
+async def filter_items(body: FilterRequest, runtime: RewardRuntime = Depends(get_runtime)) -> FilterResponse:
+    """Eq. 1: keep (I, q, a, I_e*) only if U fails on I alone and succeeds given the ground-truth edit.
+
+    With k decodings, "fails" means correct in under half of them and "succeeds" in more than half (k = 1:
+    wrong / right); the soft fractions are reported so callers can apply their own thresholds.
+    """
+    started = time.perf_counter()
+    ids = [item.id for item in body.items]
+    if len(set(ids)) != len(ids):
+        raise ServiceError(400, "invalid_field", "item ids must be unique within a request")
+    _check_size(runtime, 2 * len(body.items))
+    plan = []
+    for item in body.items:
+        _check_ground_truth(item.id, item.answer, item.scorer, item.meta)
+        original = await run_in_threadpool(_image, item.image, runtime.limits, f"item {item.id!r} image")
+        edited = await run_in_threadpool(
+            _image, item.edited_image, runtime.limits, f"item {item.id!r} edited_image"
+        )
+        plan.append(
+            (
+                _query(runtime, "base", item, (original,), body.k),
+                _query(runtime, "guidance", item, (original, edited), body.k),
+            )
+        )
+    prepared = time.perf_counter()
+    resolution = await runtime.dispatcher.resolve([query for pair in plan for query in pair])
+    results = []
+    for item, (base_query, edit_query) in zip(body.items, plan, strict=True):
+        base = resolution.results[base_query.digest].score
+        edit = resolution.results[edit_query.digest].score
+        results.append(FilterResult(id=item.id, base_correct=base, edit_correct=edit, keep=base < 0.5 < edit))
+    done = time.perf_counter()
+    return FilterResponse(
+        keep=[result.id for result in results if result.keep],
+        items=results,
+        usage=resolution.usage,
+        timings={
+            "prepare_ms": round((prepared - started) * 1000, 2),
+            "score_ms": round((done - prepared) * 1000, 2),
+        },
+    )
+
+
+def create_app(settings: RewardSettings | None = None) -> FastAPI:
+    """The reward app; with ``ETCHR_REWARD_WORKER`` (default on) it runs a query worker in-process."""
+    settings = settings or RewardSettings()
+    metrics = RewardMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+        queue = reward_queue(client, settings)
+        metrics.queue = queue
+        scorer = build_scorer(settings)
+        if not scorer.mllm.configured:
+            logger.warning("no MLLM configured: set ETCHR_MLLM_BASE_URL and ETCHR_MLLM_MODEL")
+        app.state.client = client
+        app.state.runtime = RewardRuntime(
+            settings=settings,
+            scorer=scorer,
+            dispatcher=QueryDispatcher(queue, metrics, deadline_s=settings.reward_deadline_s),
+        )
+        with suppress(Exception):  # Redis may be down at start; reads recreate the group when it returns
+            await queue.ensure_group()
+        stop = asyncio.Event()
+        worker_task = None
+        if settings.reward_worker:
+            worker = RewardWorker(queue, scorer, metrics, max_in_flight=settings.reward_max_in_flight)
+            worker_task = asyncio.create_task(worker.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                with suppress(Exception):
+                    await worker_task
+            await scorer.mllm.aclose()
+            await scorer.judge.aclose()
+            await client.aclose()
+
+    async def mllm_readiness() -> str | None:
+        scorer: RewardScorer = app.state.runtime.scorer
+        if not scorer.mllm.configured:
+            return "no MLLM configured: set ETCHR_MLLM_BASE_URL and ETCHR_MLLM_MODEL"
+        return None
+
+    app = create_service_app(
+        title="ETCHR reward",
+        settings=settings,
+        metrics=metrics,
+        lifespan=lifespan,
+        readiness=[redis_readiness(lambda: app.state.client), mllm_readiness],
+    )
+    app.include_router(router)
+    return app

@@ -1,0 +1,111 @@
+"""Resolve a request's queries: cache hits, joining identical queries in flight, enqueueing the rest.
+
+Every query is a job whose id is its content digest, so the job record doubles as the cache (a DONE record
+kept for ``ETCHR_REWARD_CACHE_TTL_S``) and as the rendezvous for identical queries: whoever takes the
+digest's lock enqueues it, everyone else waits for the same record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from etchr.http import ServiceError
+from etchr.protocol.reward import RewardUsage
+from etchr.queue import JobQueue, JobRecord, JobStatus
+from etchr_reward.metrics import RewardMetrics
+from etchr_reward.scoring import Query, QueryResult
+from etchr_reward.worker import QueryError, lock_key
+
+ERROR_STATUS = {
+    "mllm_unavailable": 503,
+    "mllm_not_configured": 503,
+    "mllm_rejected": 502,
+    "invalid_query": 400,
+}
+
+
+@dataclass(frozen=True)
+class PendingQuery:
+    digest: str
+    query: Query
+    images: tuple[bytes, ...]
+
+
+@dataclass
+class Resolution:
+    results: dict[str, QueryResult]
+    usage: RewardUsage = field(default_factory=lambda: RewardUsage(mllm_requests=0, cache_hits=0))
+
+
+class QueryDispatcher:
+    def __init__(self, queue: JobQueue, metrics: RewardMetrics, *, deadline_s: float) -> None:
+        self.queue = queue
+        self.metrics = metrics
+        self.deadline_s = deadline_s
+
+    async def resolve(self, queries: Sequence[PendingQuery]) -> Resolution:
+        """Every query's result, or a ServiceError (503/502/504) — never a partial or invented score."""
+        unique = {query.digest: query for query in queries}
+        deadline = time.monotonic() + self.deadline_s
+        redis = self.queue.redis
+        resolution = Resolution(results={})
+        usage = resolution.usage
+        usage.queries = len(unique)
+
+        async with redis.pipeline(transaction=False) as pipe:
+            for digest in unique:
+                pipe.hget(self.queue.record_key(digest), "status")
+            statuses = await pipe.execute()
+        waiting: set[str] = set()
+        computed: set[str] = set()
+        for (digest, pending), status in zip(unique.items(), statuses, strict=True):
+            if status == JobStatus.DONE.value.encode():
+                waiting.add(digest)  # read with the rest below
+                usage.cache_hits += 1
+                self.metrics.queries.labels(pending.query.kind, "cache").inc()
+            elif status in (None, JobStatus.FAILED.value.encode()) and await redis.set(
+                lock_key(self.queue, digest), b"1", nx=True, ex=max(1, int(self.deadline_s))
+            ):
+                fields: dict[str, bytes | str] = {
+                    "query": pending.query.model_dump_json(),
+                    "images": str(len(pending.images)),
+                }
+                fields.update({f"image{i}": raw for i, raw in enumerate(pending.images)})
+                await self.queue.enqueue(digest, fields, meta={"kind": pending.query.kind})
+                waiting.add(digest)
+                computed.add(digest)
+                self.metrics.queries.labels(pending.query.kind, "computed").inc()
+            else:
+                waiting.add(digest)  # an identical query is queued or running: join it
+                usage.coalesced += 1
+                self.metrics.queries.labels(pending.query.kind, "coalesced").inc()
+
+        records = await self.queue.wait_many(waiting, max(0.0, deadline - time.monotonic()))
+        missing = waiting - records.keys()
+        if missing:
+            raise ServiceError(
+                504,
+                "deadline_exceeded",
+                f"{len(missing)} of {len(unique)} MLLM queries did not finish within {self.deadline_s:g} s "
+                "(ETCHR_REWARD_DEADLINE_S); are reward workers running and the backends keeping up?",
+            )
+        for digest, record in records.items():
+            resolution.results[digest] = self._result(record)
+            if digest in computed:
+                usage.mllm_requests += resolution.results[digest].requests
+        return resolution
+
+    @staticmethod
+    def _result(record: JobRecord) -> QueryResult:
+        if record.status is JobStatus.FAILED:
+            try:
+                error = QueryError.model_validate_json(record.error or "")
+            except ValueError:
+                error = QueryError(type="mllm_unavailable", message=record.error or "query failed")
+            status = ERROR_STATUS.get(error.type, 503)
+            headers = {"Retry-After": "5"} if status == 503 else None
+            raise ServiceError(status, error.type, error.message, headers=headers)
+        assert record.result is not None
+        return QueryResult.model_validate_json(record.result)

@@ -1,0 +1,179 @@
+"""Reward query workers: pull queries from the stream and keep up to N in flight against the backends.
+
+The MLLM client bounds what actually reaches the backends (``ETCHR_MLLM_CONCURRENCY``); the worker only keeps
+enough queries in hand to saturate it. Errors are stored on the query (never a made-up score), so the API
+answers 503/502 naming the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from contextlib import suppress
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from pydantic import BaseModel, ValidationError
+
+from etchr.mllm import MLLMClient, MLLMError, MLLMNotConfigured, MLLMRejected
+from etchr.prompts import AnswerPrompts
+from etchr.queue import Delivery, JobQueue
+from etchr.settings import RewardSettings
+from etchr.tasks import TaskRegistry
+from etchr_reward.metrics import RewardMetrics
+from etchr_reward.scoring import Query, RewardScorer
+
+logger = logging.getLogger("etchr.reward.worker")
+
+QUEUE_NAME = "reward"
+READ_BLOCK_MS = 200
+RECLAIM_EVERY_S = 1.0
+
+
+class QueryError(BaseModel):
+    """What a failed query stores, so the API can answer with the right status and the backend's name."""
+
+    type: str  # mllm_unavailable | mllm_rejected | mllm_not_configured | invalid_query
+    message: str
+
+
+def reward_queue(client: aioredis.Redis, settings: RewardSettings) -> JobQueue:
+    """The one place the reward stream is named and configured (API and workers must agree)."""
+    return JobQueue(
+        client,
+        f"{settings.redis_prefix}:{QUEUE_NAME}",
+        reclaim_idle_s=settings.queue_reclaim_s,
+        max_deliveries=settings.queue_max_deliveries,
+        result_ttl_s=settings.reward_cache_ttl_s,
+    )
+
+
+def lock_key(queue: JobQueue, digest: str) -> str:
+    """Held by whoever enqueued a query until a worker finishes it: identical queries wait instead."""
+    return f"{queue.name}:lock:{digest}"
+
+
+def build_scorer(settings: RewardSettings) -> RewardScorer:
+    return RewardScorer(
+        mllm=MLLMClient.from_settings(settings, "mllm"),
+        judge=MLLMClient.from_settings(settings, "judge"),
+        tasks=TaskRegistry.from_file(settings.tasks_file),
+        prompts=AnswerPrompts.from_file(settings.prompts_file),
+        temperature=settings.reward_temperature,
+        judge_temperature=settings.reward_judge_temperature,
+        max_tokens=settings.reward_max_tokens,
+        open_judge=settings.reward_open_judge,
+    )
+
+
+class RewardWorker:
+    def __init__(
+        self,
+        queue: JobQueue,
+        scorer: RewardScorer,
+        metrics: RewardMetrics,
+        *,
+        max_in_flight: int,
+        consumer: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.scorer = scorer
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-reward"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        next_reclaim = 0.0
+        backoff = 0.5
+        while not stop.is_set():
+            if len(in_flight) >= self.max_in_flight:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            free = self.max_in_flight - len(in_flight)
+            try:
+                deliveries: list[Delivery] = []
+                if time.monotonic() >= next_reclaim:
+                    deliveries = await self.queue.reclaim(self.consumer, count=free)
+                    next_reclaim = time.monotonic() + RECLAIM_EVERY_S
+                if not deliveries:
+                    deliveries = await self.queue.read(self.consumer, count=free, block_ms=READ_BLOCK_MS)
+                backoff = 0.5
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                logger.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for delivery in deliveries:
+                task = asyncio.create_task(self._guarded(delivery))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        if in_flight:  # finish what is in hand
+            await asyncio.wait(in_flight)
+        logger.info("reward worker %s stopped", self.consumer)
+
+    async def _guarded(self, delivery: Delivery) -> None:
+        try:
+            await self.process(delivery)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # Not acked: the entry stays pending and is reclaimed once Redis is back.
+            logger.warning("query %s not stored, Redis unavailable: %s", delivery.job_id, exc)
+
+    async def process(self, delivery: Delivery) -> None:
+        try:
+            query = Query.model_validate_json(delivery.fields["query"])
+            images = [delivery.fields[f"image{i}"] for i in range(int(delivery.fields["images"]))]
+        except (KeyError, ValueError, ValidationError) as exc:
+            await self._fail(delivery, QueryError(type="invalid_query", message=f"malformed query: {exc}"))
+            return
+        if not await self.queue.mark_running(delivery, self.consumer):
+            await self.queue.ack(delivery)
+            return
+        started = time.perf_counter()
+        try:
+            result = await self.scorer.run(query, images)
+        except MLLMError as exc:
+            kind = (
+                "mllm_not_configured"
+                if isinstance(exc, MLLMNotConfigured)
+                else "mllm_rejected"
+                if isinstance(exc, MLLMRejected)
+                else "mllm_unavailable"
+            )
+            self.metrics.failures.labels(kind, exc.backend or "none").inc()
+            await self._fail(delivery, QueryError(type=kind, message=str(exc)))
+            return
+        except ValueError as exc:  # bad ground truth the API could not see (e.g. a scorer's meta)
+            await self._fail(delivery, QueryError(type="invalid_query", message=str(exc)))
+            return
+        self.metrics.query_seconds.labels(query.kind).observe(time.perf_counter() - started)
+        self.metrics.mllm_requests.labels(query.kind).inc(result.requests)
+        await self.queue.complete(delivery, result.model_dump_json().encode())
+        await self.queue.redis.delete(lock_key(self.queue, delivery.job_id))
+
+    async def _fail(self, delivery: Delivery, error: QueryError) -> None:
+        await self.queue.fail(delivery, error.model_dump_json())
+        await self.queue.redis.delete(lock_key(self.queue, delivery.job_id))
+
+
+async def serve_worker(settings: RewardSettings) -> None:
+    """``etchr worker reward``: one more query worker, anywhere that reaches Redis and the backends."""
+    metrics = RewardMetrics()
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    queue = reward_queue(client, settings)
+    scorer = build_scorer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await RewardWorker(queue, scorer, metrics, max_in_flight=settings.reward_max_in_flight).run(stop)
+    finally:
+        await scorer.mllm.aclose()
+        await scorer.judge.aclose()
+        await client.aclose()

@@ -229,6 +229,21 @@ class MLLMClient:
             not_configured=f"no {'judge' if role == 'judge' else 'MLLM'} is configured: set {variables}",
         )
 
+    @classmethod
+    def pair_from_settings(cls, settings: MLLMSettings) -> tuple[MLLMClient, MLLMClient]:
+        """(U, J). When the judge is the same model on the same backends, ONE client (one pool) serves both,
+        so ``ETCHR_MLLM_CONCURRENCY`` bounds what those backends see in all, not per role."""
+        mllm, judge = cls.from_settings(settings, "mllm"), cls.from_settings(settings, "judge")
+        if judge._backends == mllm._backends:
+            return mllm, mllm
+        return mllm, judge
+
+    async def close_pair(self, other: MLLMClient) -> None:
+        """Close this client and ``other`` (once, when they are the same pool)."""
+        await self.aclose()
+        if other is not self:
+            await other.aclose()
+
     @property
     def configured(self) -> bool:
         return bool(self._backends)

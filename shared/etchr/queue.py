@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -116,6 +116,26 @@ def _is_nogroup(exc: ResponseError) -> bool:
     return "NOGROUP " in str(exc)  # also when wrapped in a pipeline error
 
 
+def _record(job_id: str, raw: Mapping[bytes, bytes]) -> JobRecord | None:
+    """A job record from its hash (None when the hash is gone: unknown or expired)."""
+    if not raw:
+        return None
+    data = {_str(k): v for k, v in raw.items()}
+    error = data.get("error")
+    consumer = data.get("consumer")
+    return JobRecord(
+        job_id=job_id,
+        status=JobStatus(_str(data["status"])),
+        result=data.get("result"),
+        error=_str(error) if error is not None else None,
+        created_ms=int(data.get("created_ms", 0)),
+        started_ms=_int_or_none(data.get("started_ms")),
+        finished_ms=_int_or_none(data.get("finished_ms")),
+        consumer=_str(consumer) if consumer is not None else None,
+        meta=json.loads(data.get("meta", b"{}")),
+    )
+
+
 class JobQueue:
     """Redis Streams job queue; one instance per process is enough (it holds no per-job state)."""
 
@@ -181,21 +201,30 @@ class JobQueue:
         self, job_id: str, fields: Mapping[str, bytes | str], *, meta: Mapping[str, str] | None = None
     ) -> None:
         """Write the record (queued) and the stream entry atomically. Job ids must be fresh (e.g. uuid4)."""
-        if JOB_ID_FIELD in fields:
-            raise ValueError(f"payload field name {JOB_ID_FIELD!r} is reserved")
-        record_key = self.record_key(job_id)
+        await self.enqueue_many([(job_id, fields, meta or {})])
+
+    async def enqueue_many(
+        self, jobs: Sequence[tuple[str, Mapping[str, bytes | str], Mapping[str, str]]]
+    ) -> None:
+        """Several jobs in one round trip (one MULTI): a reward request enqueues hundreds of queries."""
+        if not jobs:
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(record_key, self.done_key(job_id))
-            pipe.hset(
-                record_key,
-                mapping={
-                    "status": JobStatus.QUEUED.value,
-                    "created_ms": _now_ms(),
-                    "meta": json.dumps(dict(meta or {})),
-                },
-            )
-            pipe.expire(record_key, self.record_ttl_s)
-            pipe.xadd(self.stream, {JOB_ID_FIELD: job_id, **fields})
+            for job_id, fields, meta in jobs:
+                if JOB_ID_FIELD in fields:
+                    raise ValueError(f"payload field name {JOB_ID_FIELD!r} is reserved")
+                record_key = self.record_key(job_id)
+                pipe.delete(record_key, self.done_key(job_id))
+                pipe.hset(
+                    record_key,
+                    mapping={
+                        "status": JobStatus.QUEUED.value,
+                        "created_ms": _now_ms(),
+                        "meta": json.dumps(dict(meta)),
+                    },
+                )
+                pipe.expire(record_key, self.record_ttl_s)
+                pipe.xadd(self.stream, {JOB_ID_FIELD: job_id, **fields})
             await pipe.execute()
 
     async def depth(self) -> QueueDepth:
@@ -315,23 +344,7 @@ class JobQueue:
             await pipe.execute()
 
     async def get(self, job_id: str) -> JobRecord | None:
-        raw = await self.redis.hgetall(self.record_key(job_id))
-        if not raw:
-            return None
-        data = {_str(k): v for k, v in raw.items()}
-        error = data.get("error")
-        consumer = data.get("consumer")
-        return JobRecord(
-            job_id=job_id,
-            status=JobStatus(_str(data["status"])),
-            result=data.get("result"),
-            error=_str(error) if error is not None else None,
-            created_ms=int(data.get("created_ms", 0)),
-            started_ms=_int_or_none(data.get("started_ms")),
-            finished_ms=_int_or_none(data.get("finished_ms")),
-            consumer=_str(consumer) if consumer is not None else None,
-            meta=json.loads(data.get("meta", b"{}")),
-        )
+        return _record(job_id, await self.redis.hgetall(self.record_key(job_id)))
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
         """The record once DONE/FAILED, None on timeout. BLPOP in short slices with a re-read of the record
@@ -367,18 +380,21 @@ class JobQueue:
         to_check = set(remaining)  # everything at first and after a quiet slice; else just the job notified
         finished: dict[str, JobRecord] = {}
         done_prefix = self.done_key("")
+        token: tuple[bytes, bytes] | None = None  # a notification popped last round, to put back
         while remaining:
             ordered = sorted(to_check)
             async with self.redis.pipeline(transaction=False) as pipe:
+                if token is not None:  # other waiters on the same job still need it
+                    pipe.lpush(token[0], token[1])
+                    pipe.expire(token[0], self.result_ttl_s)
                 for job_id in ordered:
-                    pipe.hget(self.record_key(job_id), "status")
-                statuses = await pipe.execute()
-            for job_id, status in zip(ordered, statuses, strict=True):
-                if status is not None and JobStatus(_str(status)) in FINISHED:
-                    record = await self.get(job_id)
-                    if record is not None:
-                        finished[job_id] = record
-                        remaining.discard(job_id)
+                    pipe.hgetall(self.record_key(job_id))
+                replies = (await pipe.execute())[-len(ordered) :] if ordered else []
+            for job_id, raw in zip(ordered, replies, strict=True):
+                record = _record(job_id, raw)
+                if record is not None and record.status in FINISHED:
+                    finished[job_id] = record
+                    remaining.discard(job_id)
             left = deadline - time.monotonic()
             if not remaining or left <= 0:
                 break
@@ -387,13 +403,11 @@ class JobQueue:
                 [self.done_key(job_id) for job_id in sorted(remaining)], timeout=slice_s
             )
             if popped is None:
+                token = None
                 to_check = set(remaining)  # a lost notification costs one slice at most
                 continue
-            key = _str(popped[0])
-            to_check = {key.removeprefix(done_prefix)}
-            # Put the token back for other waiters on the same job.
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, popped[1])
-                pipe.expire(key, self.result_ttl_s)
-                await pipe.execute()
+            token = (popped[0], popped[1])
+            to_check = {_str(popped[0]).removeprefix(done_prefix)}
+        if token is not None:
+            await self.redis.lpush(token[0], token[1])
         return finished

@@ -26,6 +26,8 @@ class CommonSettings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     # Every Redis key and stream the services use starts with this; two stacks can share one Redis.
     redis_prefix: str = "etchr"
+    # Connections per process; callers beyond it wait for one (see etchr.redis_client).
+    redis_max_connections: int = Field(default=256, ge=4)
     # Comma-separated bearer tokens; empty turns auth off (logged as a warning at start-up).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Decoded pixel count above which an input image is refused (400). 16.7 MP ≈ 4096².

@@ -407,3 +407,15 @@ def test_recorded_request_helpers() -> None:
     )
     assert request.last_user_text == "second"
     assert request.image_count == 1
+
+
+def test_judge_on_the_same_backends_shares_one_pool() -> None:
+    from etchr.settings import MLLMSettings
+
+    same = MLLMSettings(mllm_base_url=["http://a/v1"], mllm_model="m", _env_file=None)
+    mllm, judge = MLLMClient.pair_from_settings(same)
+    assert judge is mllm  # one concurrency bound for both roles
+
+    other = MLLMSettings(mllm_base_url=["http://a/v1"], mllm_model="m", judge_model="j", _env_file=None)
+    mllm, judge = MLLMClient.pair_from_settings(other)
+    assert judge is not mllm and judge.labels == ["j at http://a/v1"]

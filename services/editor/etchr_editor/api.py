@@ -34,6 +34,7 @@ from etchr.protocol.edit import (
     OpenAIImagesResponse,
 )
 from etchr.queue import JobQueue, JobRecord, JobStatus
+from etchr.redis_client import connect_redis
 from etchr.settings import EditorSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
 from etchr_editor.metrics import EditorMetrics
@@ -269,7 +270,7 @@ def create_app(settings: EditorSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+        client = connect_redis(settings)
         queue = editor_queue(client, settings)
         metrics.queue = queue
         runtime = EditorRuntime(settings=settings, redis=client, queue=queue, tasks=tasks, metrics=metrics)

@@ -24,6 +24,7 @@ from PIL import Image
 from etchr.imaging import encode_png_base64, restore_size
 from etchr.protocol.edit import EditJob, EditResult
 from etchr.queue import Delivery, JobQueue
+from etchr.redis_client import connect_redis
 from etchr.settings import EditorSettings
 from etchr_editor.metrics import EditorMetrics
 from etchr_editor.model import LoadedEditor, load_editor
@@ -217,7 +218,7 @@ async def serve_worker(settings: EditorSettings) -> None:
     from prometheus_client import start_http_server
 
     metrics = EditorMetrics()
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    client = connect_redis(settings)
     queue = editor_queue(client, settings)
     if settings.editor_worker_metrics_port:
         start_http_server(settings.editor_worker_metrics_port, registry=metrics.registry)

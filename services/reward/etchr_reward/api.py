@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +25,7 @@ from etchr.protocol.reward import (
     RewardRequest,
     RewardResponse,
 )
+from etchr.redis_client import connect_redis
 from etchr.settings import RewardSettings
 from etchr_reward.advantages import combine, group_advantages
 from etchr_reward.dispatch import PendingQuery, QueryDispatcher
@@ -203,7 +203,7 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+        client = connect_redis(settings)
         queue = reward_queue(client, settings)
         metrics.queue = queue
         scorer = build_scorer(settings)
@@ -229,8 +229,7 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
             if worker_task is not None:
                 with suppress(Exception):
                     await worker_task
-            await scorer.mllm.aclose()
-            await scorer.judge.aclose()
+            await scorer.mllm.close_pair(scorer.judge)
             await client.aclose()
 
     async def mllm_readiness() -> str | None:

@@ -58,29 +58,36 @@ class QueryDispatcher:
             for digest in unique:
                 pipe.hget(self.queue.record_key(digest), "status")
             statuses = await pipe.execute()
-        waiting: set[str] = set()
-        computed: set[str] = set()
+        # Take the lock of every query not cached or in flight; whoever holds it enqueues, the rest join.
+        candidates = [
+            digest
+            for digest, status in zip(unique, statuses, strict=True)
+            if status in (None, JobStatus.FAILED.value.encode())
+        ]
+        async with redis.pipeline(transaction=False) as pipe:
+            for digest in candidates:
+                pipe.set(lock_key(self.queue, digest), b"1", nx=True, ex=max(1, int(self.deadline_s)))
+            locked = {digest for digest, ok in zip(candidates, await pipe.execute(), strict=True) if ok}
+        jobs = []
         for (digest, pending), status in zip(unique.items(), statuses, strict=True):
             if status == JobStatus.DONE.value.encode():
-                waiting.add(digest)  # read with the rest below
+                source = "cache"
                 usage.cache_hits += 1
-                self.metrics.queries.labels(pending.query.kind, "cache").inc()
-            elif status in (None, JobStatus.FAILED.value.encode()) and await redis.set(
-                lock_key(self.queue, digest), b"1", nx=True, ex=max(1, int(self.deadline_s))
-            ):
+            elif digest in locked:
+                source = "computed"
                 fields: dict[str, bytes | str] = {
                     "query": pending.query.model_dump_json(),
                     "images": str(len(pending.images)),
                 }
                 fields.update({f"image{i}": raw for i, raw in enumerate(pending.images)})
-                await self.queue.enqueue(digest, fields, meta={"kind": pending.query.kind})
-                waiting.add(digest)
-                computed.add(digest)
-                self.metrics.queries.labels(pending.query.kind, "computed").inc()
-            else:
-                waiting.add(digest)  # an identical query is queued or running: join it
+                jobs.append((digest, fields, {"kind": pending.query.kind}))
+            else:  # an identical query is queued or running: join it
+                source = "coalesced"
                 usage.coalesced += 1
-                self.metrics.queries.labels(pending.query.kind, "coalesced").inc()
+            self.metrics.queries.labels(pending.query.kind, source).inc()
+        await self.queue.enqueue_many(jobs)
+        computed = locked
+        waiting = set(unique)
 
         records = await self.queue.wait_many(waiting, max(0.0, deadline - time.monotonic()))
         missing = waiting - records.keys()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from etchr.mllm import MLLMClient, MLLMError, MLLMNotConfigured, MLLMRejected
 from etchr.prompts import AnswerPrompts
 from etchr.queue import Delivery, JobQueue
+from etchr.redis_client import connect_redis
 from etchr.settings import RewardSettings
 from etchr.tasks import TaskRegistry
 from etchr_reward.metrics import RewardMetrics
@@ -58,9 +59,10 @@ def lock_key(queue: JobQueue, digest: str) -> str:
 
 
 def build_scorer(settings: RewardSettings) -> RewardScorer:
+    mllm, judge = MLLMClient.pair_from_settings(settings)
     return RewardScorer(
-        mllm=MLLMClient.from_settings(settings, "mllm"),
-        judge=MLLMClient.from_settings(settings, "judge"),
+        mllm=mllm,
+        judge=judge,
         tasks=TaskRegistry.from_file(settings.tasks_file),
         prompts=AnswerPrompts.from_file(settings.prompts_file),
         temperature=settings.reward_temperature,
@@ -164,7 +166,7 @@ class RewardWorker:
 async def serve_worker(settings: RewardSettings) -> None:
     """``etchr worker reward``: one more query worker, anywhere that reaches Redis and the backends."""
     metrics = RewardMetrics()
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    client = connect_redis(settings)
     queue = reward_queue(client, settings)
     scorer = build_scorer(settings)
     stop = asyncio.Event()
@@ -174,6 +176,5 @@ async def serve_worker(settings: RewardSettings) -> None:
     try:
         await RewardWorker(queue, scorer, metrics, max_in_flight=settings.reward_max_in_flight).run(stop)
     finally:
-        await scorer.mllm.aclose()
-        await scorer.judge.aclose()
+        await scorer.mllm.close_pair(scorer.judge)
         await client.aclose()

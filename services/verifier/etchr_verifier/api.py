@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +24,7 @@ from etchr.protocol.answer import (
     ChatCompletionRequest,
     ChatCompletionResponse,
 )
+from etchr.redis_client import connect_redis
 from etchr.settings import VerifierSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
 from etchr_verifier.editor_client import EditorClient
@@ -141,9 +141,8 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
-        mllm = MLLMClient.from_settings(settings, "mllm")
-        judge = MLLMClient.from_settings(settings, "judge")
+        client = connect_redis(settings)
+        mllm, judge = MLLMClient.pair_from_settings(settings)
         editor = EditorClient(
             settings.editor_url, timeout_s=settings.verifier_edit_timeout_s, api_key=settings.editor_api_key
         )
@@ -175,8 +174,7 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
             yield
         finally:
             await editor.aclose()
-            await mllm.aclose()
-            await judge.aclose()
+            await mllm.close_pair(judge)
             await client.aclose()
 
     async def mllm_readiness() -> str | None:

@@ -1,0 +1,194 @@
+"""Reward service throughput vs the ideal and vs a plain client, against a test MLLM at a fixed latency.
+
+The test MLLM (tests/support/mllm_server.py) answers every request after ``--latency`` seconds. For each
+concurrency C, in one run:
+  - ideal:  C / latency requests per second;
+  - plain:  ``asyncio.gather`` of official ``openai`` calls, at most C in flight (a hand-rolled trainer);
+  - served: ``/reward`` through the trainer client (API → Redis stream → worker → backend, with
+    ``ETCHR_MLLM_CONCURRENCY=C``), fresh images so nothing is cached; then the same batch again (all cache
+    hits); and with k = 4 against a backend that honours ``n`` (one request per query) vs one that ignores it.
+
+    python bench/reward_throughput.py --latency 0.1 --concurrency 16,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import openai
+from local_stack import free_port, wait_ready
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test MLLM server lives in tests/support
+from etchr_reward.client import AsyncRewardClient
+from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
+
+QUESTION = "Which exit does the path reach? (A) left (B) right"
+
+
+def png(seed: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (seed % 256, (seed // 256) % 256, 77)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def respond(request: RecordedRequest) -> Reply:
+    return Reply(content=["\\boxed{B}" if request.image_count == 2 else "1"] * request.n)
+
+
+@contextmanager
+def reward_service(mllm_url: str, concurrency: int) -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as work:
+        redis_port, port = free_port(), free_port()
+        redis_proc = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", work],
+            stdout=subprocess.DEVNULL,
+        )
+        env = {
+            **os.environ,
+            "ETCHR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "ETCHR_MLLM_BASE_URL": mllm_url,
+            "ETCHR_MLLM_MODEL": "bench-vlm",
+            "ETCHR_MLLM_CONCURRENCY": str(concurrency),
+            "ETCHR_REWARD_OPEN_JUDGE": "false",
+        }
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "etchr.cli",
+                "serve",
+                "reward",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+            redis_proc.kill()
+
+
+async def plain_qps(mllm_url: str, concurrency: int, total: int) -> float:
+    client = openai.AsyncOpenAI(base_url=mllm_url, api_key="-", max_retries=0)
+    limit = asyncio.Semaphore(concurrency)
+    original = png(1)
+
+    async def one(i: int) -> None:
+        async with limit:
+            await client.chat.completions.create(
+                model="bench-vlm",
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{original}"}},
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png(i)}"}},
+                            {"type": "text", "text": QUESTION},
+                        ],
+                    }
+                ],
+            )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(total)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return total / elapsed
+
+
+def items(total_queries: int, offset: int, group: int = 8) -> list[dict[str, object]]:
+    """total_queries / 2 distinct edits (each a guidance and a correctness query), groups of ``group``."""
+    edits = total_queries // 2
+    return [
+        {
+            "id": f"q{offset + start}",
+            "image": png(offset + start + 100_000),
+            "question": QUESTION,
+            "answer": "B",
+            "task": "logic",
+            "edits": [png(offset + start + j) for j in range(group)],
+        }
+        for start in range(0, edits, group)
+    ]
+
+
+async def served(url: str, batch: list[dict[str, object]], k: int) -> tuple[float, float, int, int]:
+    """(queries/s, MLLM requests/s, requests, cache hits)."""
+    async with AsyncRewardClient(url, max_items_per_request=16, max_concurrent_requests=8) as client:
+        started = time.perf_counter()
+        result = await client.reward(batch, k=k)
+        elapsed = time.perf_counter() - started
+    usage = result.usage
+    return usage.queries / elapsed, usage.mllm_requests / elapsed, usage.mllm_requests, usage.cache_hits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--concurrency", default="16,64")
+    parser.add_argument("--seconds", type=float, default=4.0, help="ideal duration of each measurement")
+    args = parser.parse_args()
+
+    rows = []
+    with (
+        ScriptedMLLM(respond, latency_s=args.latency) as mllm,
+        ScriptedMLLM(respond, latency_s=args.latency, honour_n=False) as single,
+    ):
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            ideal = concurrency / args.latency
+            total = max(64, int(ideal * args.seconds) // 16 * 16)
+            plain = asyncio.run(plain_qps(mllm.base_url, concurrency, total))
+            with reward_service(mllm.base_url, concurrency) as url:
+                asyncio.run(served(url, items(64, offset=10**6), k=1))  # warm-up
+                batch = items(total, offset=0)
+                fresh = asyncio.run(served(url, batch, k=1))
+                cached = asyncio.run(served(url, batch, k=1))
+                k4 = asyncio.run(served(url, items(total, offset=2 * 10**6), k=4))
+            with reward_service(single.base_url, concurrency) as url:
+                k4_single = asyncio.run(served(url, items(total, offset=3 * 10**6), k=4))
+            rows.append((concurrency, ideal, plain, fresh, cached, k4, k4_single))
+
+    print(f"test MLLM latency {args.latency:g} s; reward client → /reward → Redis → worker; 2-core machine")
+    for concurrency, ideal, plain, fresh, cached, k4, k4_single in rows:
+        print(f"\nC = {concurrency}: ideal {ideal:.0f} req/s")
+        print(
+            f"  {'plain asyncio.gather of openai calls':<38}{plain:8.1f} req/s   ÷ ideal {plain / ideal:.2f}"
+        )
+        print(
+            f"  {'/reward, nothing cached (k=1)':<38}{fresh[1]:8.1f} req/s   ÷ ideal {fresh[1] / ideal:.2f}"
+            f"   ÷ plain {fresh[1] / plain:.2f}"
+        )
+        print(
+            f"  {'/reward, all cache hits':<38}{cached[0]:8.1f} queries/s "
+            f"({cached[3]} hits, {cached[2]} requests)"
+        )
+        for label, (qps, rps, requests, _) in (
+            ("/reward k=4, backend honours n", k4),
+            ("/reward k=4, backend ignores n", k4_single),
+        ):
+            print(f"  {label:<38}{qps:8.1f} queries/s {rps:8.1f} req/s ({requests} requests)")
+
+
+if __name__ == "__main__":
+    main()

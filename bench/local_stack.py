@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -47,33 +47,17 @@ def edit_arg_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 @contextmanager
-def editor_stack(model: str, device: str, settings: Mapping[str, str] = {}) -> Iterator[str]:
-    """Yields the base URL of a ready editor (in-process worker) backed by its own redis-server."""
+def service_stack(service: str, settings: Mapping[str, str]) -> Iterator[str]:
+    """Yields the base URL of a ready ``etchr serve SERVICE`` backed by its own throwaway redis-server."""
     work = Path(tempfile.mkdtemp(prefix="etchr-bench-"))
     redis_port, port = free_port(), free_port()
+    redis_args = ["--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", str(work)]
     redis_proc = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(redis_port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(work),
-        ],
-        stdout=subprocess.DEVNULL,
+        [shutil.which("redis-server") or "redis-server", *redis_args], stdout=subprocess.DEVNULL
     )
-    env = {
-        **os.environ,
-        "ETCHR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "ETCHR_EDITOR_MODEL": model,
-        "ETCHR_EDITOR_DEVICE": device,
-        **settings,
-    }
+    env = {**os.environ, "ETCHR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", **settings}
     server = subprocess.Popen(
-        [sys.executable, "-m", "etchr.cli", "serve", "editor", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "etchr.cli", "serve", service, "--port", str(port), "--log-level", "warning"],
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -85,3 +69,8 @@ def editor_stack(model: str, device: str, settings: Mapping[str, str] = {}) -> I
         server.wait(timeout=60)
         redis_proc.kill()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def editor_stack(model: str, device: str, settings: Mapping[str, str] = {}) -> AbstractContextManager[str]:
+    """The editor (in-process worker) on ``model``."""
+    return service_stack("editor", {"ETCHR_EDITOR_MODEL": model, "ETCHR_EDITOR_DEVICE": device, **settings})

@@ -17,17 +17,13 @@ import argparse
 import asyncio
 import base64
 import io
-import os
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import openai
-from local_stack import free_port, wait_ready
+from local_stack import service_stack
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test MLLM server lives in tests/support
@@ -47,44 +43,16 @@ def respond(request: RecordedRequest) -> Reply:
     return Reply(content=["\\boxed{B}" if request.image_count == 2 else "1"] * request.n)
 
 
-@contextmanager
-def reward_service(mllm_url: str, concurrency: int) -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as work:
-        redis_port, port = free_port(), free_port()
-        redis_proc = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", work],
-            stdout=subprocess.DEVNULL,
-        )
-        env = {
-            **os.environ,
-            "ETCHR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+def reward_service(mllm_url: str, concurrency: int) -> AbstractContextManager[str]:
+    return service_stack(
+        "reward",
+        {
             "ETCHR_MLLM_BASE_URL": mllm_url,
             "ETCHR_MLLM_MODEL": "bench-vlm",
             "ETCHR_MLLM_CONCURRENCY": str(concurrency),
             "ETCHR_REWARD_OPEN_JUDGE": "false",
-        }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "etchr.cli",
-                "serve",
-                "reward",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url)
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-            redis_proc.kill()
+        },
+    )
 
 
 async def plain_qps(mllm_url: str, concurrency: int, total: int) -> float:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from etchr.queue import JobQueue
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -36,3 +45,25 @@ class ServiceMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class QueueGauges:
+    """Depth of a job queue, read from Redis on scrape: what autoscalers (KEDA) and alerts watch."""
+
+    def __init__(self, service: str, what: str, registry: CollectorRegistry) -> None:
+        self.queue: JobQueue | None = None  # set once the app has connected
+        self.waiting = Gauge(
+            f"etchr_{service}_queue_waiting", f"{what} in the stream not yet picked up", registry=registry
+        )
+        self.running = Gauge(
+            f"etchr_{service}_queue_running",
+            f"{what} delivered to a worker and not yet acked",
+            registry=registry,
+        )
+
+    async def refresh(self) -> None:
+        if self.queue is None:
+            return
+        depth = await self.queue.depth()
+        self.waiting.set(depth.waiting)
+        self.running.set(depth.running)

@@ -272,7 +272,7 @@ def create_app(settings: EditorSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = connect_redis(settings)
         queue = editor_queue(client, settings)
-        metrics.queue = queue
+        metrics.queue_depth.queue = queue
         runtime = EditorRuntime(settings=settings, redis=client, queue=queue, tasks=tasks, metrics=metrics)
         app.state.runtime = runtime
         with suppress(Exception):  # Redis may be down at start; reads recreate the group when it returns

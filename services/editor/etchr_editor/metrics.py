@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from etchr.metrics import LATENCY_BUCKETS, ServiceMetrics
-from etchr.queue import JobQueue
+from etchr.metrics import LATENCY_BUCKETS, QueueGauges, ServiceMetrics
 
 
 class EditorMetrics(ServiceMetrics):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__("editor", registry)
-        self.queue: JobQueue | None = None  # set once the app has a queue; read on scrape
-        self.queue_waiting = Gauge(
-            "etchr_editor_queue_waiting", "Edit jobs in the stream not yet picked up", registry=self.registry
-        )
-        self.queue_running = Gauge(
-            "etchr_editor_queue_running",
-            "Edit jobs delivered to a worker and not yet acked",
-            registry=self.registry,
-        )
+        self.queue_depth = QueueGauges("editor", "Edit jobs", self.registry)
         self.batch_rows = Histogram(
             "etchr_editor_batch_rows",
             "Images denoised together in one sampler call",
@@ -51,8 +42,4 @@ class EditorMetrics(ServiceMetrics):
         )
 
     async def refresh(self) -> None:
-        if self.queue is None:
-            return
-        depth = await self.queue.depth()
-        self.queue_waiting.set(depth.waiting)
-        self.queue_running.set(depth.running)
+        await self.queue_depth.refresh()

@@ -205,7 +205,7 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = connect_redis(settings)
         queue = reward_queue(client, settings)
-        metrics.queue = queue
+        metrics.queue_depth.queue = queue
         scorer = build_scorer(settings)
         if not scorer.mllm.configured:
             logger.warning("no MLLM configured: set ETCHR_MLLM_BASE_URL and ETCHR_MLLM_MODEL")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from etchr.metrics import LATENCY_BUCKETS, ServiceMetrics
-from etchr.queue import JobQueue
+from etchr.metrics import LATENCY_BUCKETS, QueueGauges, ServiceMetrics
 
 
 class RewardMetrics(ServiceMetrics):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__("reward", registry)
-        self.queue: JobQueue | None = None  # read on scrape
+        self.queue_depth = QueueGauges("reward", "Queries", self.registry)
         self.queries = Counter(
             "etchr_reward_queries_total",
             "Queries needed by requests, by kind and source (cache, coalesced, computed)",
@@ -37,18 +36,6 @@ class RewardMetrics(ServiceMetrics):
             ["type", "backend"],
             registry=self.registry,
         )
-        self.queue_waiting = Gauge(
-            "etchr_reward_queue_waiting", "Queries in the stream not yet picked up", registry=self.registry
-        )
-        self.queue_running = Gauge(
-            "etchr_reward_queue_running",
-            "Queries delivered to a worker and not yet acked",
-            registry=self.registry,
-        )
 
     async def refresh(self) -> None:
-        if self.queue is None:
-            return
-        depth = await self.queue.depth()
-        self.queue_waiting.set(depth.waiting)
-        self.queue_running.set(depth.running)
+        await self.queue_depth.refresh()

@@ -255,3 +255,10 @@ def test_no_mllm_configured(reward_service: RewardFactory) -> None:
     )
     assert "ETCHR_MLLM_BASE_URL" in error["message"]
     assert "ETCHR_MLLM_BASE_URL" in assert_error(httpx.get(f"{url}/readyz"), 503, "not_ready")["message"]
+
+
+def test_deadline_is_504_not_a_partial_batch(reward_service: RewardFactory, mllm: ScriptedMLLM) -> None:
+    mllm.latency_s = 3.0
+    url = reward_service(reward_deadline_s=0.5)
+    error = assert_error(post(url, "/reward", {"items": [item([(4, 4)])], "k": 1}), 504, "deadline_exceeded")
+    assert "ETCHR_REWARD_DEADLINE_S" in error["message"]

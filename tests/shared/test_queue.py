@@ -209,7 +209,7 @@ async def test_wait_times_out_with_none(queue: JobQueue) -> None:
     await queue.enqueue("j", {"x": b"1"})
     started = time.monotonic()
     assert await queue.wait("j", timeout_s=0.3) is None
-    assert 0.28 <= time.monotonic() - started < 0.8
+    assert 0.28 <= time.monotonic() - started < 2.0
     assert await queue.wait("unknown", timeout_s=0.05) is None
 
 
@@ -221,7 +221,8 @@ async def test_wait_wakes_promptly_and_serves_several_waiters(queue: JobQueue) -
     completed_at = time.monotonic()
     await queue.complete(delivery, b"result")
     records = await asyncio.wait_for(asyncio.gather(*waiters), 2)
-    assert time.monotonic() - completed_at < 0.3
+    # woken by the notification, not by the 1 s re-check of the record
+    assert time.monotonic() - completed_at < 0.8
     assert all(r is not None and r.result == b"result" for r in records)
 
 

@@ -1,0 +1,1 @@
+"""Corpus builders and benchmark importers: everything writes SPEC §9 manifests."""

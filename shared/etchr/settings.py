@@ -138,3 +138,10 @@ class RewardSettings(MLLMSettings):
     reward_deadline_s: float = Field(default=600.0, gt=0)
     # MLLM queries one request may need (items × G × 2); the client splits larger batches.
     reward_max_queries: int = Field(default=8192, ge=1)
+
+
+class EvalSettings(MLLMSettings):
+    """``etchr eval``: where the verifier is; the judge settings decide open answers the rules cannot."""
+
+    verifier_url: str = "http://localhost:8002"
+    verifier_api_key: str | None = None

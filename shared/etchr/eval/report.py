@@ -1,0 +1,165 @@
+"""Turn results.jsonl into the paper-style table: summary.json, summary.md and charts."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from etchr.eval.harness import MODES, RowResult
+
+OVERALL = "overall"
+
+
+def summarize(results: Sequence[RowResult]) -> dict[str, list[dict[str, object]]]:
+    """``{"rows": [{"mode", "task", "n", "pass_at_1"}]}``: one row per mode × task, plus ``overall`` per mode.
+
+    ``overall`` averages over rows (micro), like the per-task figures; evr rows also carry how often the edit
+    was used (``edit_used``).
+    """
+    groups: dict[tuple[str, str], list[RowResult]] = defaultdict(list)
+    for result in results:
+        groups[(result.mode, result.task)].append(result)
+        groups[(result.mode, OVERALL)].append(result)
+    rows: list[dict[str, object]] = []
+    for (mode, task), members in sorted(
+        groups.items(), key=lambda kv: (_mode_order(kv[0][0]), kv[0][1] == OVERALL, kv[0][1])
+    ):
+        row: dict[str, object] = {
+            "mode": mode,
+            "task": task,
+            "n": len(members),
+            "pass_at_1": round(100 * sum(r.correct for r in members) / len(members), 2),
+        }
+        if mode != "direct":
+            row["edit_used"] = round(100 * sum(r.used_edit for r in members) / len(members), 2)
+        rows.append(row)
+    return {"rows": rows}
+
+
+def _mode_order(mode: str) -> int:
+    return MODES.index(mode) if mode in MODES else len(MODES)
+
+
+def _axes(summary: dict[str, list[dict[str, object]]]) -> tuple[list[str], list[str]]:
+    """(modes in direct, edit, evr order; tasks sorted with ``overall`` last)."""
+    modes = sorted({str(r["mode"]) for r in summary["rows"]}, key=_mode_order)
+    tasks = sorted({str(r["task"]) for r in summary["rows"] if r["task"] != OVERALL})
+    return modes, [*tasks, OVERALL]
+
+
+def markdown_table(summary: dict[str, list[dict[str, object]]]) -> str:
+    """Pass@1 per task (rows) and mode (columns), with Δ vs direct where direct was run."""
+    cells = {(r["mode"], r["task"]): r for r in summary["rows"]}
+    modes, tasks = _axes(summary)
+    header = ["task", "n", *(f"{mode} Pass@1" for mode in modes)]
+    if "direct" in modes:
+        header += [f"Δ {mode}" for mode in modes if mode != "direct"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in tasks:
+        present = [cells.get((mode, task)) for mode in modes]
+        n = max((int(c["n"]) for c in present if c), default=0)
+        values = [f"{c['pass_at_1']:.2f}" if c else "–" for c in present]
+        deltas = []
+        direct = cells.get(("direct", task))
+        if "direct" in modes:
+            for mode in modes:
+                if mode == "direct":
+                    continue
+                other = cells.get((mode, task))
+                deltas.append(
+                    f"{float(other['pass_at_1']) - float(direct['pass_at_1']):+.2f}"
+                    if other and direct
+                    else "–"
+                )
+        name = f"**{task}**" if task == OVERALL else task
+        lines.append("| " + " | ".join([name, str(n), *values, *deltas]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def by_path_length(results: Sequence[RowResult]) -> dict[int, dict[str, float]]:
+    """For rows with a route length: evr edit acceptance and accuracy per mode, per length (Fig. 2(b))."""
+    groups: dict[int, list[RowResult]] = defaultdict(list)
+    for result in results:
+        if result.path_length is not None:
+            groups[result.path_length].append(result)
+    table: dict[int, dict[str, float]] = {}
+    for length, members in sorted(groups.items()):
+        row: dict[str, float] = {}
+        evr = [r for r in members if r.mode == "evr"]
+        if evr:
+            row["edit_accepted"] = (
+                100 * sum(bool(r.verification and r.verification.get("reliable")) for r in evr) / len(evr)
+            )
+        for mode in sorted({r.mode for r in members}, key=_mode_order):
+            picked = [r for r in members if r.mode == mode]
+            row[f"{mode}_pass_at_1"] = 100 * sum(r.correct for r in picked) / len(picked)
+        table[length] = row
+    return table
+
+
+def write_report(results: Sequence[RowResult], out: Path) -> dict[str, Path]:
+    """summary.json, summary.md, pass_at_1.png and (when routes have lengths) path_length.png."""
+    summary = summarize(results)
+    written = {"json": out / "summary.json", "md": out / "summary.md", "chart": out / "pass_at_1.png"}
+    written["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    lengths = by_path_length(results)
+    md = "# Pass@1\n\n" + markdown_table(summary)
+    if lengths:
+        md += (
+            "\n## By route length (logic rows)\n\n| length | "
+            + " | ".join(next(iter(lengths.values())))
+            + " |\n"
+        )
+        md += "|---|" + "---|" * len(next(iter(lengths.values()))) + "\n"
+        for length, row in lengths.items():
+            md += f"| {length} | " + " | ".join(f"{value:.1f}" for value in row.values()) + " |\n"
+    written["md"].write_text(md)
+    _bar_chart(summary, written["chart"])
+    if lengths:
+        written["path_chart"] = out / "path_length.png"
+        _length_chart(lengths, written["path_chart"])
+    return written
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bar_chart(summary: dict[str, list[dict[str, object]]], path: Path) -> None:
+    plt = _pyplot()
+    modes, tasks = _axes(summary)
+    cells = {(r["mode"], r["task"]): float(r["pass_at_1"]) for r in summary["rows"]}  # type: ignore[arg-type]
+    width = 0.8 / max(1, len(modes))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks), 3.6))
+    for i, mode in enumerate(modes):
+        xs = [t + i * width for t in range(len(tasks))]
+        ax.bar(xs, [cells.get((mode, task), 0.0) for task in tasks], width, label=mode)
+    ax.set_xticks([t + width * (len(modes) - 1) / 2 for t in range(len(tasks))], tasks)
+    ax.set_ylabel("Pass@1 (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _length_chart(lengths: dict[int, dict[str, float]], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    xs = list(lengths)
+    for key in sorted({k for row in lengths.values() for k in row}):
+        ax.plot(xs, [lengths[x].get(key, float("nan")) for x in xs], marker="o", label=key.replace("_", " "))
+    ax.set_xlabel("shortest route length (steps)")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

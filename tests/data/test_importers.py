@@ -163,6 +163,35 @@ def test_hrbench_decodes_images_and_keeps_letters(tmp_path: Path) -> None:
     assert len(_rows(import_benchmark("hrbench", source / "hr_bench_4k.tsv", tmp_path / "o2", limit=1))) == 1
 
 
+def test_hrbench_parquet_release(tmp_path: Path) -> None:
+    """The release public loaders read: data/hr_bench_8k.parquet, images base64, numeric index."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    image = base64.b64encode(_png()).decode()
+    table = pa.table(
+        {
+            "index": [0, 1],
+            "question": ["What colour is the sign?", "How many cars?"],
+            "A": ["red", "1"],
+            "B": ["blue", "2"],
+            "C": ["green", "3"],
+            "D": ["white", "4"],
+            "answer": ["A", "B"],
+            "category": ["FSP", "FCP"],
+            "cycle_category": ["c1", "c2"],
+            "image": [image, image.encode()],  # text or bytes, both seen in the wild
+        }
+    )
+    (tmp_path / "hr" / "data").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "hr" / "data" / "hr_bench_8k.parquet")
+    rows = _check_rows(
+        import_benchmark("hrbench", tmp_path / "hr", tmp_path / "out"), "perception", "hrbench"
+    )
+    assert [row.answer for row in rows] == ["A", "B"]
+    assert rows[1].meta["source"]["file"] == "hr_bench_8k" and rows[1].meta["source"]["index"] == "1"
+
+
 def test_hrbench_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no \.tsv"):
         import_benchmark("hrbench", tmp_path / "empty", tmp_path / "out")

@@ -22,7 +22,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
@@ -182,66 +182,111 @@ def _decode_image(data: str, where: str) -> tuple[bytes, str]:
     return raw, {"jpeg": "jpg"}.get(kind, kind)
 
 
-def _hrbench_rows(table: Path, out: Path) -> Iterable[ManifestRow]:
-    required = ("index", "question", "A", "B", "answer", "image")
-    images_dir = out / "images" / "hrbench"
-    saved: dict[str, Path] = {}
+_HRBENCH_COLUMNS = ("index", "question", "A", "B", "answer", "image")
+
+
+def _hrbench_records(table: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) of a TSV or Parquet release, streamed (the 8K images run to gigabytes)."""
+    expected = "index, question, A, B, C, D, answer, category, cycle_category, image (base64)"
+    if table.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(
+                f"{table}: reading Parquet needs pyarrow (pip install 'etchr-services[import]')"
+            ) from None
+        parquet = pq.ParquetFile(table)
+        missing = [column for column in _HRBENCH_COLUMNS if column not in parquet.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{table}: missing column(s) {', '.join(missing)}; expected {expected}")
+        number = 0
+        for batch in parquet.iter_batches(batch_size=16):
+            for record in batch.to_pylist():
+                yield f"{table}[{number}]", {k: _as_text(v) for k, v in record.items()}
+                number += 1
+        return
     previous = csv.field_size_limit(_TSV_FIELD_LIMIT)
     try:
         with table.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle, delimiter="\t")
-            missing = [column for column in required if column not in (reader.fieldnames or [])]
+            missing = [column for column in _HRBENCH_COLUMNS if column not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(
-                    f"{table}: missing column(s) {', '.join(missing)}; expected a TSV with index, question, "
-                    "A, B, C, D, answer, category, cycle_category, image (base64)"
+                    f"{table}: missing column(s) {', '.join(missing)}; expected a TSV with {expected}"
                 )
             for number, record in enumerate(reader, start=2):
-                where = f"{table}:{number}"
-                index = _text(record, "index", where)
-                options = []
-                for letter in _LETTERS:
-                    value = (record.get(letter) or "").strip()
-                    if not value:
-                        break
-                    options.append(value)
-                answer = _text(record, "answer", where).strip("() .").upper()
-                if answer not in _LETTERS[: len(options)]:
-                    raise ValueError(f"{where}: answer {answer!r} is not one of the options A-D")
-                data = _text(record, "image", where)
-                if len(data) <= _IMAGE_REF_MAX and data in saved:
-                    path = saved[data]  # a repeated image, stored as the index of its first row
-                else:
-                    raw, ext = _decode_image(data, where)
-                    images_dir.mkdir(parents=True, exist_ok=True)
-                    path = images_dir / f"{table.stem}_{index}.{ext}"
-                    path.write_bytes(raw)
-                saved[index] = path
-                question, choices = _multiple_choice(_text(record, "question", where), options)
-                source = _source("hrbench", "index", index, record.get("category"))
-                source |= {"cycle_category": record.get("cycle_category"), "file": table.stem}
-                yield ManifestRow(
-                    id=f"hrbench-{table.stem}-{index}",
-                    task="perception",
-                    image=_rel(path, out),
-                    question=question,
-                    answer=answer,
-                    scorer="option",
-                    meta={"choices": choices, "source": source},
-                )
+                yield f"{table}:{number}", record
     finally:
         csv.field_size_limit(previous)
 
 
+def _as_text(value: Any) -> Any:
+    """Parquet cells: base64 images may be stored as bytes; numbers as numbers. The TSV path sees text."""
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace")
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _hrbench_rows(table: Path, out: Path) -> Iterable[ManifestRow]:
+    images_dir = out / "images" / "hrbench"
+    saved: dict[str, Path] = {}
+    for where, record in _hrbench_records(table):
+        index = _text(record, "index", where)
+        options = []
+        for letter in _LETTERS:
+            value = (record.get(letter) or "").strip()
+            if not value:
+                break
+            options.append(value)
+        answer = _text(record, "answer", where).strip("() .").upper()
+        if answer not in _LETTERS[: len(options)]:
+            raise ValueError(f"{where}: answer {answer!r} is not one of the options A-D")
+        data = _text(record, "image", where)
+        if len(data) <= _IMAGE_REF_MAX and data in saved:
+            path = saved[data]  # a repeated image, stored as the index of its first row
+        else:
+            raw, ext = _decode_image(data, where)
+            images_dir.mkdir(parents=True, exist_ok=True)
+            path = images_dir / f"{table.stem}_{index}.{ext}"
+            path.write_bytes(raw)
+        saved[index] = path
+        question, choices = _multiple_choice(_text(record, "question", where), options)
+        source = _source("hrbench", "index", index, record.get("category"))
+        source |= {"cycle_category": record.get("cycle_category"), "file": table.stem}
+        yield ManifestRow(
+            id=f"hrbench-{table.stem}-{index}",
+            task="perception",
+            image=_rel(path, out),
+            question=question,
+            answer=answer,
+            scorer="option",
+            meta={"choices": choices, "source": source},
+        )
+
+
 def import_hrbench(source: Path, out: Path, *, seed: int = 0, limit: int | None = None) -> Path:
-    """HR-Bench: one TSV (``hr_bench_4k.tsv``, ``hr_bench_8k.tsv``) or a folder of them, images in base64.
+    """HR-Bench: a TSV or Parquet file (``hr_bench_4k``, ``hr_bench_8k``), a folder of them, or its ``data/``.
+
+    Images are base64 in the ``image`` column.
 
     The released options are already balanced over letters (``cycle_category``), so they are kept as is.
     """
     source, out = Path(source), Path(out)
-    tables = [source] if source.is_file() else sorted(source.glob("*.tsv")) if source.is_dir() else []
+    if source.is_file():
+        tables = [source]
+    elif source.is_dir():
+        tables = [
+            t
+            for folder in (source, source / "data")
+            for pattern in ("*.tsv", "*.parquet")
+            for t in sorted(folder.glob(pattern))
+        ]
+    else:
+        tables = []
     if not tables:
-        raise ValueError(f"{source}: no .tsv found; expected HR-Bench's hr_bench_4k.tsv / hr_bench_8k.tsv")
+        raise ValueError(
+            f"{source}: no .tsv or .parquet found; expected HR-Bench's hr_bench_4k / hr_bench_8k"
+        )
 
     def rows() -> Iterable[ManifestRow]:
         for table in tables:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from contextlib import suppress
+
 import redis.asyncio as aioredis
 
 from etchr.settings import CommonSettings
@@ -22,3 +26,20 @@ def connect_redis(settings: CommonSettings) -> aioredis.Redis:
         socket_timeout=10,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+class RedisBackoff:
+    """How a worker loop waits out a Redis outage: 0.5 s doubling to 5 s, cut short by ``stop``."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.delay = 0.5
+
+    def reset(self) -> None:
+        self.delay = 0.5
+
+    async def pause(self, stop: asyncio.Event, error: Exception) -> None:
+        self.logger.warning("redis unavailable (%s); retrying in %.1f s", error, self.delay)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=self.delay)
+        self.delay = min(self.delay * 2, 5.0)

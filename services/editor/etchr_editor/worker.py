@@ -14,7 +14,6 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -24,7 +23,7 @@ from PIL import Image
 from etchr.imaging import encode_png_base64, restore_size
 from etchr.protocol.edit import EditJob, EditResult
 from etchr.queue import Delivery, JobQueue
-from etchr.redis_client import connect_redis
+from etchr.redis_client import RedisBackoff, connect_redis
 from etchr.settings import EditorSettings
 from etchr_editor.metrics import EditorMetrics
 from etchr_editor.model import LoadedEditor, load_editor
@@ -117,16 +116,13 @@ class EditorWorker:
                 self.load_error = f"{type(exc).__name__}: {exc}"
                 logger.exception("editor model failed to load")
                 raise
-        backoff = 0.5
+        backoff = RedisBackoff(logger)
         while not stop.is_set():
             try:
                 await self.run_once()
-                backoff = 0.5
+                backoff.reset()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                logger.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff)
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.pause(stop, exc)
         logger.info("worker %s stopped", self.consumer)
 
     async def run_once(self) -> int:

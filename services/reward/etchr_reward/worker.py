@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import time
-from contextlib import suppress
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from etchr.mllm import MLLMClient, MLLMError, MLLMNotConfigured, MLLMRejected
 from etchr.prompts import AnswerPrompts
 from etchr.queue import Delivery, JobQueue
-from etchr.redis_client import connect_redis
+from etchr.redis_client import RedisBackoff, connect_redis
 from etchr.settings import RewardSettings
 from etchr.tasks import TaskRegistry
 from etchr_reward.metrics import RewardMetrics
@@ -91,7 +90,7 @@ class RewardWorker:
     async def run(self, stop: asyncio.Event) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         next_reclaim = 0.0
-        backoff = 0.5
+        backoff = RedisBackoff(logger)
         while not stop.is_set():
             if len(in_flight) >= self.max_in_flight:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -104,12 +103,9 @@ class RewardWorker:
                     next_reclaim = time.monotonic() + RECLAIM_EVERY_S
                 if not deliveries:
                     deliveries = await self.queue.read(self.consumer, count=free, block_ms=READ_BLOCK_MS)
-                backoff = 0.5
+                backoff.reset()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                logger.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff)
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.pause(stop, exc)
                 continue
             for delivery in deliveries:
                 task = asyncio.create_task(self._guarded(delivery))

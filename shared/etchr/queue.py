@@ -347,33 +347,17 @@ class JobQueue:
         return _record(job_id, await self.redis.hgetall(self.record_key(job_id)))
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        """The record once DONE/FAILED, None on timeout. BLPOP in short slices with a re-read of the record
-        each slice, so lost notifications and several waiters on one id only cost a slice at worst."""
-        deadline = time.monotonic() + timeout_s
-        done_key = self.done_key(job_id)
-        while True:
-            record = await self.get(job_id)
-            if record is not None and record.status in FINISHED:
-                return record
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            # Never 0 (BLPOP's "forever"), never past the socket timeout.
-            slice_s = max(0.01, min(1.0, remaining, self._block_cap_s))
-            popped = await self.redis.blpop([done_key], timeout=slice_s)
-            if popped is not None:
-                # Put the token back so other waiters on this id wake now too, not a slice later.
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.lpush(done_key, popped[1])
-                    pipe.expire(done_key, self.result_ttl_s)
-                    await pipe.execute()
+        """The record once DONE/FAILED, None on timeout (see :meth:`wait_many`, which does the waiting)."""
+        return (await self.wait_many([job_id], timeout_s)).get(job_id)
 
     async def wait_many(self, job_ids: Collection[str], timeout_s: float) -> dict[str, JobRecord]:
         """The finished records of many jobs, waiting on all of them over ONE connection.
 
-        A batch caller (the reward service waits on hundreds of queries per request) would hold a connection
-        per job with :meth:`wait`; here one BLPOP watches every remaining done-list, and each slice re-reads
-        the remaining records in one pipeline. Jobs unfinished at the deadline are absent from the result.
+        A batch caller (the reward service waits on hundreds of queries per request) would otherwise hold a
+        connection per job; here one BLPOP watches every remaining done-list, in slices of at most 1 s (never
+        0, BLPOP's "forever"; never past the socket timeout), and a quiet slice re-reads every remaining
+        record, so a lost notification costs one slice at most. A popped notification is put back, so other
+        waiters on the same job wake too. Jobs unfinished at the deadline are absent from the result.
         """
         deadline = time.monotonic() + timeout_s
         remaining = set(job_ids)
@@ -387,6 +371,7 @@ class JobQueue:
                 if token is not None:  # other waiters on the same job still need it
                     pipe.lpush(token[0], token[1])
                     pipe.expire(token[0], self.result_ttl_s)
+                    token = None
                 for job_id in ordered:
                     pipe.hgetall(self.record_key(job_id))
                 replies = (await pipe.execute())[-len(ordered) :] if ordered else []
@@ -403,11 +388,8 @@ class JobQueue:
                 [self.done_key(job_id) for job_id in sorted(remaining)], timeout=slice_s
             )
             if popped is None:
-                token = None
-                to_check = set(remaining)  # a lost notification costs one slice at most
+                to_check = set(remaining)
                 continue
             token = (popped[0], popped[1])
             to_check = {_str(popped[0]).removeprefix(done_prefix)}
-        if token is not None:
-            await self.redis.lpush(token[0], token[1])
         return finished

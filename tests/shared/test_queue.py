@@ -314,5 +314,7 @@ async def test_wait_many_returns_finished_jobs_and_omits_the_rest(redis_url: str
         quick = time.monotonic()
         assert set(await queue.wait_many(["a", "b"], timeout_s=5)) == {"a", "b"}
         assert time.monotonic() - quick < 0.5
+        # every notification was put back exactly once: waiting never multiplies them
+        assert [await client.llen(queue.done_key(job_id)) for job_id in ("a", "b")] == [1, 1]
     finally:
         await client.aclose()

@@ -16,6 +16,8 @@ from types import MappingProxyType
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from etchr.settings import CommonSettings
+
 __all__ = [
     "ALLOWED_FORMATS",
     "ImageError",
@@ -57,6 +59,11 @@ class ImageLimits:
     def __post_init__(self) -> None:
         if self.max_pixels <= 0 or self.max_bytes <= 0:
             raise ValueError(f"image limits must be positive, got {self}")
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> ImageLimits:
+        """What every service applies: ``ETCHR_MAX_IMAGE_PIXELS`` and ``ETCHR_MAX_BODY_BYTES``."""
+        return cls(max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes)
 
 
 # --------------------------------------------------------------------------------------------- decoding

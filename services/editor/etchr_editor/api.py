@@ -54,13 +54,10 @@ class EditorRuntime:
     queue: JobQueue
     tasks: TaskRegistry
     metrics: EditorMetrics
+    limits: ImageLimits
     worker: EditorWorker | None = None
     worker_task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def limits(self) -> ImageLimits:
-        return ImageLimits(max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_body_bytes)
 
 
 def get_runtime(request: Request) -> EditorRuntime:
@@ -273,7 +270,14 @@ def create_app(settings: EditorSettings | None = None) -> FastAPI:
         client = connect_redis(settings)
         queue = editor_queue(client, settings)
         metrics.queue_depth.queue = queue
-        runtime = EditorRuntime(settings=settings, redis=client, queue=queue, tasks=tasks, metrics=metrics)
+        runtime = EditorRuntime(
+            settings=settings,
+            redis=client,
+            queue=queue,
+            tasks=tasks,
+            metrics=metrics,
+            limits=ImageLimits.from_settings(settings),
+        )
         app.state.runtime = runtime
         with suppress(Exception):  # Redis may be down at start; reads recreate the group when it returns
             await queue.ensure_group()

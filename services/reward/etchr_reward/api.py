@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
@@ -18,10 +18,12 @@ from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, decode_base64_bytes, decode_image_bytes
 from etchr.protocol.reward import (
     EditReward,
+    FilterItem,
     FilterRequest,
     FilterResponse,
     FilterResult,
     ItemReward,
+    RewardItem,
     RewardRequest,
     RewardResponse,
 )
@@ -43,10 +45,7 @@ class RewardRuntime:
     settings: RewardSettings
     scorer: RewardScorer
     dispatcher: QueryDispatcher
-
-    @property
-    def limits(self) -> ImageLimits:
-        return ImageLimits(max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_body_bytes)
+    limits: ImageLimits
 
 
 def get_runtime(request: Request) -> RewardRuntime:
@@ -72,28 +71,48 @@ def _check_ground_truth(item_id: str, answer: str, scorer: str | None, meta: dic
 
 
 def _query(
-    runtime: RewardRuntime, kind: QueryKind, item: object, images: tuple[bytes, ...], k: int
+    runtime: RewardRuntime,
+    kind: QueryKind,
+    item: RewardItem | FilterItem,
+    images: tuple[bytes, ...],
+    k: int,
 ) -> PendingQuery:
+    """One query for ``item``; correctness queries carry no ground truth (the judge never sees it)."""
+    graded = kind != "correctness"
     query = Query(
         kind=kind,
-        task=getattr(item, "task", None) or DEFAULT_TASK,
-        question=item.question,  # type: ignore[attr-defined]
-        answer=None if kind == "correctness" else item.answer,  # type: ignore[attr-defined]
-        scorer=None if kind == "correctness" else item.scorer,  # type: ignore[attr-defined]
-        meta=None if kind == "correctness" else item.meta,  # type: ignore[attr-defined]
+        task=item.task or DEFAULT_TASK,
+        question=item.question,
+        answer=item.answer if graded else None,
+        scorer=item.scorer if graded else None,
+        meta=item.meta if graded else None,
         k=k,
     )
     return PendingQuery(runtime.scorer.digest(query, images), query, images)
 
 
-def _check_size(runtime: RewardRuntime, count: int) -> None:
-    if count > runtime.settings.reward_max_queries:
+def _check_request(runtime: RewardRuntime, items: Sequence[RewardItem | FilterItem], queries: int) -> None:
+    """Everything about a request that is the caller's error, before any image is decoded or query made."""
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ServiceError(400, "invalid_field", "item ids must be unique within a request")
+    if queries > runtime.settings.reward_max_queries:
         raise ServiceError(
             400,
             "too_many_queries",
-            f"the request needs {count} MLLM queries; the limit is {runtime.settings.reward_max_queries} "
+            f"the request needs {queries} MLLM queries; the limit is {runtime.settings.reward_max_queries} "
             "(ETCHR_REWARD_MAX_QUERIES): split it (the Python client does)",
         )
+    for item in items:
+        _check_ground_truth(item.id, item.answer, item.scorer, item.meta)
+
+
+def _timings(started: float, prepared: float) -> dict[str, float]:
+    """Decoding and planning vs waiting for the queries, in ms."""
+    return {
+        "prepare_ms": round((prepared - started) * 1000, 2),
+        "score_ms": round((time.perf_counter() - prepared) * 1000, 2),
+    }
 
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -103,13 +122,9 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def reward(body: RewardRequest, runtime: RewardRuntime = Depends(get_runtime)) -> RewardResponse:
     """Score G edits per item: guidance and correctness over k decodings, combined with α, then advantages."""
     started = time.perf_counter()
-    ids = [item.id for item in body.items]
-    if len(set(ids)) != len(ids):
-        raise ServiceError(400, "invalid_field", "item ids must be unique within a request")
-    _check_size(runtime, sum(2 * len(item.edits) for item in body.items))
+    _check_request(runtime, body.items, sum(2 * len(item.edits) for item in body.items))
     plan: list[list[tuple[PendingQuery, PendingQuery]]] = []
     for item in body.items:
-        _check_ground_truth(item.id, item.answer, item.scorer, item.meta)
         original = await run_in_threadpool(_image, item.image, runtime.limits, f"item {item.id!r} image")
         group = []
         for g, edit in enumerate(item.edits):
@@ -141,15 +156,7 @@ async def reward(body: RewardRequest, runtime: RewardRuntime = Depends(get_runti
             )
         win_rates, advantages = group_advantages([r.reward for r in rewards], body.advantage)
         items.append(ItemReward(id=item.id, rewards=rewards, win_rates=win_rates, advantages=advantages))
-    done = time.perf_counter()
-    return RewardResponse(
-        items=items,
-        usage=resolution.usage,
-        timings={
-            "prepare_ms": round((prepared - started) * 1000, 2),
-            "score_ms": round((done - prepared) * 1000, 2),
-        },
-    )
+    return RewardResponse(items=items, usage=resolution.usage, timings=_timings(started, prepared))
 
 
 @router.post("/filter", response_model=FilterResponse)
@@ -160,13 +167,9 @@ async def filter_items(body: FilterRequest, runtime: RewardRuntime = Depends(get
     wrong / right); the soft fractions are reported so callers can apply their own thresholds.
     """
     started = time.perf_counter()
-    ids = [item.id for item in body.items]
-    if len(set(ids)) != len(ids):
-        raise ServiceError(400, "invalid_field", "item ids must be unique within a request")
-    _check_size(runtime, 2 * len(body.items))
+    _check_request(runtime, body.items, 2 * len(body.items))
     plan = []
     for item in body.items:
-        _check_ground_truth(item.id, item.answer, item.scorer, item.meta)
         original = await run_in_threadpool(_image, item.image, runtime.limits, f"item {item.id!r} image")
         edited = await run_in_threadpool(
             _image, item.edited_image, runtime.limits, f"item {item.id!r} edited_image"
@@ -184,15 +187,11 @@ async def filter_items(body: FilterRequest, runtime: RewardRuntime = Depends(get
         base = resolution.results[base_query.digest].score
         edit = resolution.results[edit_query.digest].score
         results.append(FilterResult(id=item.id, base_correct=base, edit_correct=edit, keep=base < 0.5 < edit))
-    done = time.perf_counter()
     return FilterResponse(
         keep=[result.id for result in results if result.keep],
         items=results,
         usage=resolution.usage,
-        timings={
-            "prepare_ms": round((prepared - started) * 1000, 2),
-            "score_ms": round((done - prepared) * 1000, 2),
-        },
+        timings=_timings(started, prepared),
     )
 
 
@@ -214,6 +213,7 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
             settings=settings,
             scorer=scorer,
             dispatcher=QueryDispatcher(queue, metrics, deadline_s=settings.reward_deadline_s),
+            limits=ImageLimits.from_settings(settings),
         )
         with suppress(Exception):  # Redis may be down at start; reads recreate the group when it returns
             await queue.ensure_group()

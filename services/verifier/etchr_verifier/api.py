@@ -47,8 +47,7 @@ def _request_id(request: Request) -> str:
 
 async def run_evr(request: Request, body: AnswerRequest, pipeline: EVRPipeline) -> AnswerResponse:
     settings: VerifierSettings = request.app.state.settings
-    limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes)
-    image = await run_in_threadpool(decode_base64_image, body.image, limits)
+    image = await run_in_threadpool(decode_base64_image, body.image, ImageLimits.from_settings(settings))
     return await pipeline.answer(body, image, request_id=_request_id(request))
 
 

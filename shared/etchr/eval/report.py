@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from etchr.eval.harness import MODES, RowResult
 
@@ -143,11 +144,7 @@ def _bar_chart(summary: dict[str, list[dict[str, object]]], path: Path) -> None:
         ax.bar(xs, [cells.get((mode, task), 0.0) for task in tasks], width, label=mode)
     ax.set_xticks([t + width * (len(modes) - 1) / 2 for t in range(len(tasks))], tasks)
     ax.set_ylabel("Pass@1 (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
 def _length_chart(lengths: dict[int, dict[str, float]], path: Path) -> None:
@@ -158,6 +155,11 @@ def _length_chart(lengths: dict[int, dict[str, float]], path: Path) -> None:
         ax.plot(xs, [lengths[x].get(key, float("nan")) for x in xs], marker="o", label=key.replace("_", " "))
     ax.set_xlabel("shortest route length (steps)")
     ax.set_ylabel("%")
+    _save(plt, fig, ax, path)
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path) -> None:
+    """Both charts are percentages with a legend, saved alike."""
     ax.set_ylim(0, 100)
     ax.legend()
     fig.tight_layout()

@@ -18,7 +18,7 @@ from etchr.settings import RewardSettings
 from etchr_reward.api import create_app
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer
-from tests.support.servers import UvicornThread
+from tests.support.servers import AppLauncher
 
 RIGHT, WRONG = "The evidence shows it.\n\\boxed{B}", "\\boxed{A}"
 JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
@@ -69,24 +69,17 @@ RewardFactory = Callable[..., str]
 @pytest.fixture
 def reward_service(redis_server: RedisServer, key_prefix: str, mllm: ScriptedMLLM) -> Iterator[RewardFactory]:
     """Starts reward apps (in-process worker) wired to the test MLLM; keyword arguments override settings."""
-    servers: list[UvicornThread] = []
-
-    def start(**overrides: object) -> str:
-        values: dict[str, object] = {
+    launcher = AppLauncher(
+        create_app,
+        RewardSettings,
+        {
             "redis_url": redis_server.url,
             "redis_prefix": key_prefix,
             "mllm_base_url": [mllm.base_url],
             "mllm_model": "test-vlm",
             "mllm_max_retries": 0,
             "reward_deadline_s": 30,
-            **overrides,
-        }
-        server = UvicornThread(create_app(RewardSettings(**values))).start(  # type: ignore[arg-type]
-            wait_ready=bool(values["mllm_base_url"])
-        )
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.stop()
+        },
+    )
+    yield launcher.launch
+    launcher.stop_all()

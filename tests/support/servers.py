@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -88,3 +89,33 @@ class EtchrProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self._log.close()
+
+
+class AppLauncher:
+    """Starts differently configured apps of one service over real HTTP; ``stop_all`` ends them.
+
+    ``launch(**overrides)`` builds the settings from ``defaults`` plus the overrides and returns the base URL.
+    An app with no MLLM configured is never ready (by design), so it is not waited on.
+    """
+
+    def __init__(
+        self,
+        create_app: Callable[[Any], FastAPI],
+        settings_class: Callable[..., Any],
+        defaults: Mapping[str, object],
+    ) -> None:
+        self.create_app = create_app
+        self.settings_class = settings_class
+        self.defaults = dict(defaults)
+        self.servers: list[UvicornThread] = []
+
+    def launch(self, **overrides: object) -> str:
+        values = {**self.defaults, **overrides}
+        server = UvicornThread(self.create_app(self.settings_class(**values)))
+        server.start(wait_ready=bool(values.get("mllm_base_url", True)))
+        self.servers.append(server)
+        return server.url
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()

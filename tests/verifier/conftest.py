@@ -13,7 +13,7 @@ from etchr_editor.api import create_app as create_editor_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer
-from tests.support.servers import UvicornThread
+from tests.support.servers import AppLauncher, UvicornThread
 
 ROUTE_MARK = "Reply with exactly one word from"
 JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
@@ -85,10 +85,10 @@ def verifier(
     redis_server: RedisServer, key_prefix: str, editor_url: str, mllm: ScriptedMLLM
 ) -> Iterator[VerifierFactory]:
     """Starts verifier apps wired to the editor and the test MLLM; keyword arguments override settings."""
-    servers: list[UvicornThread] = []
-
-    def start(**overrides: object) -> str:
-        values: dict[str, object] = {
+    launcher = AppLauncher(
+        create_verifier_app,
+        VerifierSettings,
+        {
             "redis_url": redis_server.url,
             "redis_prefix": key_prefix,
             "editor_url": editor_url,
@@ -96,14 +96,7 @@ def verifier(
             "mllm_model": "test-vlm",
             "mllm_max_retries": 0,
             "max_image_pixels": 512 * 512,
-            **overrides,
-        }
-        server = UvicornThread(create_verifier_app(VerifierSettings(**values))).start(  # type: ignore[arg-type]
-            wait_ready=bool(values["mllm_base_url"])
-        )
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.stop()
+        },
+    )
+    yield launcher.launch
+    launcher.stop_all()

@@ -53,7 +53,7 @@ def serve(
     worker: Annotated[
         bool, typer.Option("--worker/--no-worker", help="editor/reward: run a worker in-process")
     ] = True,
-    log_level: Annotated[str, typer.Option(help="log level")] = "info",
+    log_level: Annotated[str, typer.Option(envvar="ETCHR_LOG_LEVEL", help="log level")] = "info",
 ) -> None:
     """Run a service's HTTP API with uvicorn."""
     import uvicorn
@@ -71,10 +71,74 @@ def serve(
     )
 
 
+TINY_EDITOR_DIR = Path("artifacts/tiny-editor")
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="interface the services bind (0.0.0.0: all)")] = "127.0.0.1",
+    editor_port: Annotated[int, typer.Option(help="editor port")] = DEFAULT_PORTS["editor"],
+    verifier_port: Annotated[int, typer.Option(help="verifier port")] = DEFAULT_PORTS["verifier"],
+    reward_port: Annotated[int, typer.Option(help="reward port")] = DEFAULT_PORTS["reward"],
+    tiny: Annotated[
+        bool, typer.Option("--tiny", help=f"serve the tiny random-init checkpoint ({TINY_EDITOR_DIR}; noise)")
+    ] = False,
+    stop_timeout: Annotated[
+        float, typer.Option(min=1, help="seconds each service gets to drain on Ctrl-C before it is killed")
+    ] = 120.0,
+    log_level: Annotated[str, typer.Option(envvar="ETCHR_LOG_LEVEL", help="log level (all)")] = "info",
+) -> None:
+    """The whole stack on one machine: Redis (a local redis-server if ETCHR_REDIS_URL is unreachable),
+    editor, verifier, reward; their logs prefixed; Ctrl-C stops it."""
+    from etchr.settings import EditorSettings, MLLMSettings
+    from etchr.stack import StackError, Supervisor, check_ports_free, plan_stack
+
+    editor = EditorSettings()
+    if not tiny and not editor.editor_model:
+        typer.echo(
+            "etchr up: ETCHR_EDITOR_MODEL is not set: point it at a Flux2KleinPipeline checkpoint (hub id or "
+            "local dir), or run `etchr up --tiny` for the tiny random-init one (its edits are noise)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    ports = {"editor": editor_port, "verifier": verifier_port, "reward": reward_port}
+    try:
+        check_ports_free(host, ports.values())  # before the slow part, so a second `etchr up` fails at once
+    except StackError as exc:
+        typer.echo(f"etchr up: {exc}", err=True)
+        raise typer.Exit(1) from None
+    extra_env: dict[str, str] = {}
+    editor_model = editor.editor_model or ""
+    if tiny:
+        model = TINY_EDITOR_DIR.resolve()
+        if not (model / "model_index.json").is_file():
+            typer.echo(f"writing the tiny random-init checkpoint to {model}")
+            importlib.import_module("etchr_editor.tiny").save_tiny_editor(model)
+        if editor.editor_model:
+            typer.echo(f"--tiny: serving {model}, not ETCHR_EDITOR_MODEL={editor.editor_model}")
+        if "editor_steps" not in editor.model_fields_set:
+            extra_env["ETCHR_EDITOR_STEPS"] = "4"  # noise either way; keeps CPU edits quick
+        editor_model = str(model)
+    try:
+        plan = plan_stack(
+            redis_url=editor.redis_url,
+            editor_model=editor_model,
+            mllm=MLLMSettings(),
+            host=host,
+            ports=ports,
+            log_level=log_level,
+            extra_env=extra_env,
+        )
+    except StackError as exc:
+        typer.echo(f"etchr up: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(Supervisor(plan, stop_timeout_s=stop_timeout).run())
+
+
 @app.command("worker")
 def worker_cmd(
     service: Annotated[WorkerService, typer.Argument(help="which service's worker")],
-    log_level: Annotated[str, typer.Option(help="log level")] = "info",
+    log_level: Annotated[str, typer.Option(envvar="ETCHR_LOG_LEVEL", help="log level")] = "info",
 ) -> None:
     """Run a queue worker alone (what Kubernetes scales on queue depth)."""
     _logging(log_level)
@@ -205,6 +269,101 @@ def tiny_editor(
     tiny = importlib.import_module("etchr_editor.tiny")
     path = tiny.save_tiny_editor(out, seed=seed)
     typer.echo(f"tiny Flux2Klein checkpoint written to {path}")
+
+
+train_app = typer.Typer(help="Train the editor: Stage I LoRA SFT, LoRA merging.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+class MixedPrecisionOption(StrEnum):
+    auto = "auto"
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+@train_app.command("sft")
+def train_sft(
+    data: Annotated[Path, typer.Option(help="manifest.jsonl (or its folder) with edited_image targets")],
+    model: Annotated[str, typer.Option(help="base Flux2Klein checkpoint: local dir or hub id")],
+    out: Annotated[Path, typer.Option(help="checkpoints, metrics.jsonl and the final LoRA go here")],
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps in all")] = 1000,
+    resolution: Annotated[int, typer.Option(min=64, help="pixel budget resolution² (aspect kept)")] = 512,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 64,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha [default: the rank]")] = None,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="data order, timesteps and noise")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows per micro-batch and process")] = 1,
+    grad_accum: Annotated[int, typer.Option(min=1, help="micro-batches per optimizer step")] = 1,
+    targets: Annotated[
+        str | None, typer.Option(help="comma-separated Linear-layer name suffixes (docs/training.md)")
+    ] = None,
+    save_every: Annotated[int, typer.Option(min=0, help="checkpoint every N steps (0: at the end)")] = 500,
+    resume: Annotated[bool, typer.Option(help="continue from OUT's latest checkpoint")] = False,
+    mixed_precision: Annotated[
+        MixedPrecisionOption, typer.Option(help="auto = bf16 on a GPU, no (fp32) on the CPU")
+    ] = MixedPrecisionOption.auto,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations: less memory")] = False,
+    cache_text_embeddings: Annotated[
+        bool, typer.Option(help="encode every prompt once, then move the text encoder off the GPU")
+    ] = False,
+    lr_warmup_steps: Annotated[int, typer.Option(min=0, help="linear warm-up steps")] = 0,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Stage I: LoRA SFT of the editor's DiT on (image, question) → edited image (docs/training.md)."""
+    from pydantic import ValidationError
+
+    sft = importlib.import_module("etchr_editor.train.sft")
+    options: dict[str, object] = {
+        "data": data,
+        "model": model,
+        "out": out,
+        "steps": steps,
+        "resolution": resolution,
+        "rank": rank,
+        "alpha": alpha,
+        "lr": lr,
+        "seed": seed,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "save_every": save_every,
+        "resume": resume,
+        "mixed_precision": mixed_precision.value,
+        "gradient_checkpointing": gradient_checkpointing,
+        "cache_text_embeddings": cache_text_embeddings,
+        "lr_warmup_steps": lr_warmup_steps,
+        "progress": progress,
+    }
+    if targets is not None:
+        options["targets"] = tuple(t.strip() for t in targets.split(",") if t.strip())
+    _logging("info")
+    try:
+        result = sft.train_sft(sft.SFTConfig(**options))
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(
+        f"trained steps {result.start_step}→{result.steps}, final loss {result.final_loss:.4f}; "
+        f"LoRA: {result.lora} (serve it with ETCHR_EDITOR_LORA={result.out})"
+    )
+
+
+@train_app.command("merge")
+def train_merge(
+    model: Annotated[str, typer.Option(help="base Flux2Klein checkpoint: local dir or hub id")],
+    lora: Annotated[list[str], typer.Option(help="LoRA file or folder; repeat to fuse several")],
+    out: Annotated[Path, typer.Option(help="the merged full checkpoint is written here")],
+    lora_scale: Annotated[float, typer.Option(help="scale of the fused LoRA(s)")] = 1.0,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (weights as saved)")] = "float32",
+) -> None:
+    """Fuse LoRA(s) into the base model and save a full checkpoint (what ETCHR_EDITOR_MODEL loads)."""
+    lora_module = importlib.import_module("etchr_editor.train.lora")
+    model_module = importlib.import_module("etchr_editor.model")
+    try:
+        torch_dtype = model_module.resolve_dtype(dtype, model_module.resolve_device("cpu"))
+        path = lora_module.merge_lora(model, lora, out, lora_scale=lora_scale, dtype=torch_dtype)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"merged checkpoint written to {path}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from typing import Any
 import redis.exceptions
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -211,8 +212,9 @@ def _probe_router(checks: Sequence[ReadinessCheck]) -> APIRouter:
             return error_response(503, "not_ready", "; ".join(problems), {"Retry-After": "2"})
         return JSONResponse({"status": "ready"})
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
+        """Prometheus text exposition (every metric name starts with ``etchr_``)."""
         service_metrics: ServiceMetrics = request.app.state.metrics
         try:
             await service_metrics.refresh()
@@ -220,6 +222,30 @@ def _probe_router(checks: Sequence[ReadinessCheck]) -> APIRouter:
             logger.warning("metrics refresh failed: %s", exc)
         body, content_type = service_metrics.render()
         return Response(body, media_type=content_type)
+
+    return router
+
+
+def _docs_router(title: str) -> APIRouter:
+    """The OpenAPI schema and its viewers, behind the bearer token like every non-probe endpoint.
+
+    FastAPI's own ``/openapi.json``, ``/docs`` and ``/redoc`` are plain routes no dependency reaches; these
+    replace them so that with ``ETCHR_API_KEYS`` set the API surface is not readable without a token
+    (``curl -H "Authorization: Bearer $KEY" .../openapi.json``). With auth off they are open, as before.
+    """
+    router = APIRouter(include_in_schema=False, dependencies=[Depends(require_api_key)])
+
+    @router.get("/openapi.json")
+    async def openapi_schema(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    @router.get("/docs")
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} - Swagger UI")
+
+    @router.get("/redoc")
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{title} - ReDoc")
 
     return router
 
@@ -233,13 +259,23 @@ def create_app(
     readiness: Sequence[ReadinessCheck] = (),
 ) -> FastAPI:
     """A FastAPI app with the behaviour SPEC §5 asks of every service; routers are added by the caller."""
-    app = FastAPI(title=title, lifespan=lifespan, responses={"4XX": {"model": ErrorBody}})
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan,
+        # Every error, 4xx and 5xx (429/502/503/504 are part of the contract), is the SPEC §5 body.
+        responses={"4XX": {"model": ErrorBody}, "5XX": {"model": ErrorBody}},
+        # Served by _docs_router instead, behind the bearer token.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     if not settings.api_keys:
         logger.warning("%s: ETCHR_API_KEYS is empty, authentication is OFF", title)
     _install_error_handlers(app)
     app.include_router(_probe_router(readiness))
+    app.include_router(_docs_router(title))
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 

@@ -302,6 +302,17 @@ class JobQueue:
                 out.append(delivery)
         return out
 
+    async def keep_alive(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Reset the idle time of entries ``consumer`` is still working on (XCLAIM … JUSTID, which leaves
+        the delivery count alone), so ``reclaim`` takes only entries whose worker died, however long a
+        batch runs. Entries finished meanwhile are ignored by Redis."""
+        if not deliveries:
+            return
+        ids = [delivery.entry_id for delivery in deliveries]
+        await self._with_group(
+            partial(self.redis.xclaim, self.stream, self.group, consumer, 0, ids, justid=True)
+        )
+
     async def _dead_letter(self, delivery: Delivery, consumer: str) -> None:
         reason = (
             f"delivered {delivery.deliveries} times (max {self.max_deliveries}); each worker holding it "

@@ -10,6 +10,11 @@ import redis.asyncio as aioredis
 
 from etchr.settings import CommonSettings
 
+try:  # redis-py >= 7
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # older redis-py has no maintenance notifications, and checks connections on checkout
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
 
 def connect_redis(settings: CommonSettings) -> aioredis.Redis:
     """A client whose pool WAITS for a free connection instead of failing.
@@ -17,13 +22,21 @@ def connect_redis(settings: CommonSettings) -> aioredis.Redis:
     redis-py's default pool raises "Too many connections" at 100, which a reward worker with hundreds of
     queries in flight reaches at once; a blocking pool queues them (``ETCHR_REDIS_MAX_CONNECTIONS``) and
     only fails after waiting 10 s. Binary responses: queue payloads are images.
+
+    Maintenance notifications are switched off: while they are on ("auto" by default in redis-py 8) the
+    pool skips its check of a connection when handing it out, so after a Redis restart every pooled
+    connection fails its next pipeline (pipelines are not retried) although readiness already says 200.
     """
+    extra: dict[str, object] = {}
+    if MaintNotificationsConfig is not None:
+        extra["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=10,
         socket_connect_timeout=2,
         socket_timeout=10,
+        **extra,
     )
     return aioredis.Redis(connection_pool=pool)
 

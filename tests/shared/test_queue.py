@@ -318,3 +318,20 @@ async def test_wait_many_returns_finished_jobs_and_omits_the_rest(redis_url: str
         assert [await client.llen(queue.done_key(job_id)) for job_id in ("a", "b")] == [1, 1]
     finally:
         await client.aclose()
+
+
+async def test_keep_alive_holds_off_reclaim_while_the_worker_lives(queue: JobQueue) -> None:
+    """A batch that runs longer than the reclaim time is not taken from a live worker that keeps it alive;
+    once it stops (dies), the entry is reclaimed, its delivery count unchanged by the heartbeats."""
+    await queue.enqueue("j", {"x": b"1"})
+    held = await read_one(queue, "busy-worker")
+    for _ in range(4):  # 4 × IDLE_S/2 = twice the reclaim time in all
+        await asyncio.sleep(IDLE_S / 2)
+        await queue.keep_alive("busy-worker", [held])
+        assert await queue.reclaim("w2") == []
+    await asyncio.sleep(IDLE_S + 0.05)
+    [taken] = await queue.reclaim("w2")
+    assert (taken.job_id, taken.deliveries) == ("j", 2)
+    await queue.complete(taken, b"done")
+    await queue.keep_alive("busy-worker", [held])  # a late heartbeat for a finished entry is harmless
+    assert await queue.depth() == QueueDepth(waiting=0, running=0)

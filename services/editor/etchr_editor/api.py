@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from etchr.http import ServiceError, redis_readiness, require_api_key
 from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, decode_base64_image, decode_image_bytes, to_model_size
+from etchr.protocol import MAX_KEYWORD_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
 from etchr.protocol.edit import (
     EditJob,
     EditRequest,
@@ -192,11 +193,11 @@ class OpenAIEditForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(min_length=1, max_length=8000)
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     n: int = Field(default=1, ge=1, le=64)
-    size: str | None = None
-    response_format: str | None = None
-    model: str | None = None
+    size: str | None = Field(default=None, max_length=MAX_KEYWORD_CHARS)
+    response_format: str | None = Field(default=None, max_length=MAX_KEYWORD_CHARS)
+    model: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
 
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -295,11 +296,7 @@ def create_app(settings: EditorSettings | None = None) -> FastAPI:
 
     async def worker_readiness() -> str | None:
         runtime: EditorRuntime = app.state.runtime
-        if runtime.worker is None or runtime.worker.ready:
-            return None
-        if runtime.worker.load_error:
-            return f"editor model failed to load: {runtime.worker.load_error}"
-        return "editor model is loading"
+        return None if runtime.worker is None else await runtime.worker.readiness()
 
     app = create_service_app(
         title="ETCHR editor",

@@ -86,9 +86,9 @@ def load_editor(
         loras = [loras]
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    pipe = _load_pipeline(model, torch_dtype)
+    pipe = load_pipeline(model, torch_dtype)
     if loras:
-        _fuse_loras(pipe, loras, lora_scale)
+        fuse_loras(pipe, loras, lora_scale)
     pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     if compile:
@@ -104,7 +104,8 @@ def load_editor(
     return LoadedEditor(pipe=pipe, device=torch_device, dtype=torch_dtype, info=info)
 
 
-def _load_pipeline(model: str, torch_dtype: torch.dtype) -> Flux2KleinPipeline:
+def load_pipeline(model: str, torch_dtype: torch.dtype) -> Flux2KleinPipeline:
+    """``from_pretrained`` of a local dir or hub id, with errors that say which it was taken for."""
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "model_index.json").is_file():
@@ -126,7 +127,7 @@ def _load_pipeline(model: str, torch_dtype: torch.dtype) -> Flux2KleinPipeline:
     return pipe
 
 
-def _fuse_loras(pipe: Flux2KleinPipeline, loras: Sequence[str], lora_scale: float) -> None:
+def fuse_loras(pipe: Flux2KleinPipeline, loras: Sequence[str], lora_scale: float) -> None:
     """Load every LoRA as its own adapter, fuse them all into the base weights, drop the adapter layers."""
     names: list[str] = []
     for index, lora in enumerate(loras):

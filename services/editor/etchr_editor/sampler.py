@@ -68,11 +68,16 @@ class Conditioning:
 class BatchedSampler:
     """Denoise several requests (each with its own image, prompt, guidance and seeds) in one loop."""
 
-    def __init__(self, pipe: Flux2KleinPipeline, *, max_rows: int = 8) -> None:
+    def __init__(
+        self, pipe: Flux2KleinPipeline, *, max_rows: int = 8, device: torch.device | None = None
+    ) -> None:
+        """``device``: where the DiT runs; by default the pipeline's. Trainers name it, because they may
+        park the frozen text encoder on the CPU, which would change what the pipeline reports."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.pipe = pipe
         self.max_rows = max_rows
+        self._device = device
         self.multiple = pipe.vae_scale_factor * 2  # pixels per latent token side: VAE factor × 2×2 patches
         self._negative: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -80,7 +85,7 @@ class BatchedSampler:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device
+        return self._device if self._device is not None else self.pipe._execution_device
 
     @torch.inference_mode()
     def sample(self, requests: Sequence[SampleRequest]) -> list[list[PIL.Image.Image]]:
@@ -218,11 +223,23 @@ class BatchedSampler:
             scheduler.set_begin_index(0)
         return scheduler, timesteps
 
-    def velocity(self, cond: Conditioning, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The CFG-combined model prediction for ``latents`` at ``t``; cond and uncond share ONE forward."""
-        transformer = self.pipe.transformer
+    def velocity(
+        self,
+        cond: Conditioning,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        transformer: torch.nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The CFG-combined model prediction for ``latents`` at ``t``; cond and uncond share ONE forward.
+
+        ``t`` is one timestep or one per row (0–1000). ``transformer`` replaces the pipeline's DiT in the
+        call, for trainers whose DiT is wrapped (DDP, autocast) around the very same module.
+        """
+        dtype = self.pipe.transformer.dtype
+        transformer = transformer if transformer is not None else self.pipe.transformer
         rows, tokens = latents.shape[0], latents.shape[1]
-        hidden = torch.cat([latents, cond.image_latents.to(latents.dtype)], dim=1).to(transformer.dtype)
+        hidden = torch.cat([latents, cond.image_latents.to(latents.dtype)], dim=1).to(dtype)
         ids = torch.cat([cond.latent_ids, cond.image_ids], dim=1)
         timestep = t.expand(rows).to(latents.dtype) / 1000
         embeds, text_ids = cond.prompt_embeds, cond.text_ids

@@ -7,19 +7,22 @@ leaves its jobs pending, and another worker reclaims them after ``ETCHR_QUEUE_RE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import redis.exceptions
+import uvicorn
 from PIL import Image
 
+from etchr.http import create_app, redis_readiness
 from etchr.imaging import encode_png_base64, restore_size
 from etchr.protocol.edit import EditJob, EditResult
 from etchr.queue import Delivery, JobQueue
@@ -81,6 +84,14 @@ class EditorWorker:
     @property
     def ready(self) -> bool:
         return self.sampler is not None
+
+    async def readiness(self) -> str | None:
+        """A readiness check: None once the model is loaded, else what it is waiting for or why it failed."""
+        if self.ready:
+            return None
+        if self.load_error:
+            return f"editor model failed to load: {self.load_error}"
+        return "editor model is loading"
 
     def load(self) -> None:
         """Load the checkpoint (and LoRA), warm it up. Blocking: run it in a thread."""
@@ -144,13 +155,31 @@ class EditorWorker:
         return len(deliveries)
 
     async def process(self, deliveries: Sequence[Delivery]) -> None:
-        groups: dict[tuple, list[_Work]] = defaultdict(list)
-        for delivery in deliveries:
-            work = await self._prepare(delivery)
-            if work is not None:
-                groups[work.request.batch_key()].append(work)
-        for group in groups.values():
-            await self._run_group(group)
+        heartbeat = asyncio.create_task(self._keep_alive(deliveries))
+        try:
+            groups: dict[tuple, list[_Work]] = defaultdict(list)
+            for delivery in deliveries:
+                work = await self._prepare(delivery)
+                if work is not None:
+                    groups[work.request.batch_key()].append(work)
+            for group in groups.values():
+                await self._run_group(group)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _keep_alive(self, deliveries: Sequence[Delivery]) -> None:
+        """While the batch runs, reset its entries' idle time every third of ``ETCHR_QUEUE_RECLAIM_S``:
+        a batch longer than the reclaim time (n × steps at 1024²) is then never re-delivered to another
+        worker while this one lives; if it dies, the heartbeats stop and reclaim works as before."""
+        interval = max(0.1, self.queue.reclaim_idle_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.queue.keep_alive(self.consumer, deliveries)
+            except redis.exceptions.RedisError as exc:  # next beat retries; reclaim stays the safety net
+                logger.warning("could not keep batch entries alive: %s", exc)
 
     async def _prepare(self, delivery: Delivery) -> _Work | None:
         try:
@@ -209,21 +238,49 @@ def _encode_all(images: Sequence[Image.Image], size: tuple[int, int]) -> list[st
     return [encode_png_base64(restore_size(image, size)) for image in images]
 
 
-async def serve_worker(settings: EditorSettings) -> None:
-    """``etchr worker editor``: one worker process, metrics on its own port, SIGTERM finishes the batch."""
-    from prometheus_client import start_http_server
+class _ProbeServer(uvicorn.Server):
+    """uvicorn for the probe port; SIGTERM/SIGINT stay with the worker, which drains its batch first."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_worker(settings: EditorSettings) -> None:
+    """``etchr worker editor``: one worker process, SIGTERM finishes the batch.
+
+    On ``ETCHR_EDITOR_WORKER_METRICS_PORT`` it serves ``/metrics`` (queue gauges read from Redis on scrape),
+    ``/healthz`` and ``/readyz`` (503 until the model is loaded and while Redis is unreachable), so an
+    orchestrator's startup probe waits for the model, not merely for the process.
+    """
     metrics = EditorMetrics()
     client = connect_redis(settings)
     queue = editor_queue(client, settings)
-    if settings.editor_worker_metrics_port:
-        start_http_server(settings.editor_worker_metrics_port, registry=metrics.registry)
+    metrics.queue_depth.queue = queue
+    worker = EditorWorker(queue, settings, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    worker = EditorWorker(queue, settings, metrics)
+    probes: _ProbeServer | None = None
+    probes_task: asyncio.Task[None] | None = None
+    if settings.editor_worker_metrics_port:
+        app = create_app(
+            title="ETCHR editor worker",
+            settings=settings,
+            metrics=metrics,
+            readiness=[redis_readiness(lambda: client), worker.readiness],
+        )
+        config = uvicorn.Config(
+            app, host="0.0.0.0", port=settings.editor_worker_metrics_port, lifespan="off", log_level="warning"
+        )
+        probes = _ProbeServer(config)
+        probes_task = asyncio.create_task(probes.serve())
     try:
         await worker.run(stop)
     finally:
+        if probes is not None and probes_task is not None:
+            probes.should_exit = True
+            with contextlib.suppress(Exception):
+                await probes_task
         await client.aclose()

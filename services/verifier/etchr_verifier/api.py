@@ -6,9 +6,12 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import get_args
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from etchr.http import ServiceError, error_response, require_api_key
@@ -17,6 +20,7 @@ from etchr.imaging import ImageLimits, decode_base64_image
 from etchr.mllm import MLLMClient, MLLMNotConfigured, MLLMRejected, MLLMUnavailable
 from etchr.prompts import AnswerPrompts
 from etchr.protocol.answer import (
+    AnswerMode,
     AnswerRequest,
     AnswerResponse,
     ChatCompletionChoice,
@@ -108,7 +112,11 @@ async def chat_completions(
     if body.stream:
         raise ServiceError(400, "invalid_field", "stream=true is not supported; send stream=false")
     question, image = _question_and_image(body)
-    evr = AnswerRequest(image=image, question=question, task=_facade_task(body.model))  # type: ignore[arg-type]
+    try:
+        evr = AnswerRequest(image=image, question=question, task=_facade_task(body.model))  # type: ignore[arg-type]
+    except ValidationError as exc:  # e.g. text parts together over the question limit: the caller's error
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ServiceError(422, "validation_error", problems) from None
     result = await run_evr(request, evr, pipeline)
     return ChatCompletionResponse(
         id=f"chatcmpl-{_request_id(request)}",
@@ -116,6 +124,45 @@ async def chat_completions(
         choices=[ChatCompletionChoice(message=ChatCompletionMessage(content=result.raw_answer))],
         etchr=result,
     )
+
+
+PLAYGROUND_DIR = Path(__file__).parent / "playground"
+PLAYGROUND_FILES = frozenset(path.name for path in PLAYGROUND_DIR.iterdir() if path.is_file())
+# The page may load nothing but this service's own files (and the images it builds as data: URLs).
+PLAYGROUND_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+# Public on purpose: the page holds no data; the /answer calls it makes carry the bearer token.
+playground = APIRouter(include_in_schema=False)
+
+
+@playground.get("/")
+async def playground_page() -> FileResponse:
+    """The playground: try /answer from a browser (docs/playground.md)."""
+    return FileResponse(PLAYGROUND_DIR / "index.html", headers=PLAYGROUND_HEADERS)
+
+
+@playground.get("/playground/config.json")
+async def playground_config(request: Request) -> dict[str, object]:
+    """What the page must know before the first call: whether to ask for a token, and the choices."""
+    settings: VerifierSettings = request.app.state.settings
+    return {
+        "auth_required": bool(settings.api_keys),
+        "tasks": ["auto", *TASK_IDS, NONE],
+        "modes": list(get_args(AnswerMode)),
+    }
+
+
+@playground.get("/playground/{name}")
+async def playground_asset(name: str) -> FileResponse:
+    """The page's script and style sheet: only files shipped in the package, by exact name."""
+    if name not in PLAYGROUND_FILES:
+        raise ServiceError(404, "not_found", f"no playground file {name!r}")
+    return FileResponse(PLAYGROUND_DIR / name, headers=PLAYGROUND_HEADERS)
 
 
 def _install_mllm_errors(app: FastAPI) -> None:
@@ -191,4 +238,5 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
     )
     _install_mllm_errors(app)
     app.include_router(router)
+    app.include_router(playground)
     return app

@@ -164,6 +164,10 @@ class EVRPipeline:
                 speculative.cancel()
                 with suppress(asyncio.CancelledError, MLLMError):
                     await speculative
+            elif speculative is not None and not speculative.cancelled():
+                # A failed speculation whose error the request already reports (MLLM down or not configured)
+                # is handled: retrieving it keeps asyncio from logging "Task exception was never retrieved".
+                speculative.exception()
 
     async def _reason(
         self, trace: _Trace, original: bytes, edited: bytes | None, question: str, edit: str | None

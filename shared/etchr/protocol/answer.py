@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from etchr.protocol import (
+    EXAMPLE_IMAGE,
+    EXAMPLE_QUESTION,
+    MAX_CHAT_MESSAGES,
+    MAX_CHAT_PARTS,
+    MAX_CHAT_TEXT_CHARS,
+    MAX_KEYWORD_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
+)
 
 AnswerTask = Literal["auto", "none", "perception", "chart", "logic", "jigsaw", "3d"]
 AnswerMode = Literal["evr", "edit", "direct"]
@@ -14,8 +25,10 @@ AnswerMode = Literal["evr", "edit", "direct"]
 class AnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(min_length=1, description="base64 PNG/JPEG/WebP, bare or as a data: URL")
-    question: str = Field(min_length=1, max_length=8000)
+    image: str = Field(
+        min_length=1, description="base64 PNG/JPEG/WebP, bare or as a data: URL", examples=[EXAMPLE_IMAGE]
+    )
+    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, examples=[EXAMPLE_QUESTION])
     task: AnswerTask = Field(default="auto", description="a family id, 'none' (no edit) or 'auto' (routed)")
     mode: AnswerMode = Field(
         default="evr",
@@ -48,16 +61,20 @@ class AnswerResponse(BaseModel):
 class ChatContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    type: str
-    text: str | None = None
+    type: str = Field(max_length=MAX_KEYWORD_CHARS)
+    text: str | None = Field(default=None, max_length=MAX_CHAT_TEXT_CHARS)
     image_url: dict[str, Any] | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: str
-    content: str | list[ChatContentPart] | None = None
+    role: str = Field(max_length=MAX_KEYWORD_CHARS)
+    content: (
+        Annotated[str, Field(max_length=MAX_CHAT_TEXT_CHARS)]
+        | Annotated[list[ChatContentPart], Field(max_length=MAX_CHAT_PARTS)]
+        | None
+    ) = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -65,8 +82,8 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(max_length=MAX_NAME_CHARS)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
     stream: bool = False
 
 

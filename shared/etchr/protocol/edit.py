@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from etchr.protocol import EXAMPLE_IMAGE, EXAMPLE_QUESTION, MAX_TEXT_CHARS
+
 EditTask = Literal["perception", "chart", "logic", "jigsaw", "3d"]
 JobState = Literal["queued", "running", "done", "failed"]
 
@@ -17,8 +19,10 @@ class EditRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(min_length=1, description="base64 PNG/JPEG/WebP, bare or as a data: URL")
-    question: str = Field(min_length=1, max_length=8000)
+    image: str = Field(
+        min_length=1, description="base64 PNG/JPEG/WebP, bare or as a data: URL", examples=[EXAMPLE_IMAGE]
+    )
+    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, examples=[EXAMPLE_QUESTION])
     task: EditTask
     n: int = Field(default=1, ge=1, le=64, description="rollouts of the same input, seeds seed..seed+n-1")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 64)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from etchr.protocol import EXAMPLE_IMAGE, EXAMPLE_QUESTION, MAX_KEYWORD_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
 from etchr.protocol.edit import EditTask
 
 AdvantageMode = Literal["pref-grpo", "grpo", "none"]
@@ -16,16 +17,22 @@ class RewardItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=256)
-    image: str = Field(min_length=1, description="the original image I, base64")
-    question: str = Field(min_length=1, max_length=8000)
-    answer: str = Field(min_length=1, max_length=8000, description="the ground truth a")
+    id: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    image: str = Field(min_length=1, description="the original image I, base64", examples=[EXAMPLE_IMAGE])
+    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, examples=[EXAMPLE_QUESTION])
+    answer: str = Field(
+        min_length=1, max_length=MAX_TEXT_CHARS, description="the ground truth a", examples=["B"]
+    )
     task: EditTask | None = Field(default=None, description="picks the judge prompt; default perception")
     scorer: str | None = Field(
-        default=None, description="answer-matching rule (docs/answers.md); default auto"
+        default=None,
+        max_length=MAX_KEYWORD_CHARS,
+        description="answer-matching rule (docs/answers.md); default auto",
     )
     meta: dict[str, Any] | None = Field(default=None, description="structured ground truth for task scorers")
-    edits: list[str] = Field(min_length=1, max_length=64, description="G edited images, base64")
+    edits: list[str] = Field(
+        min_length=1, max_length=64, description="G edited images, base64", examples=[[EXAMPLE_IMAGE]]
+    )
 
 
 class RewardRequest(BaseModel):
@@ -66,13 +73,15 @@ class RewardResponse(BaseModel):
 class FilterItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=256)
-    image: str = Field(min_length=1)
-    question: str = Field(min_length=1, max_length=8000)
-    answer: str = Field(min_length=1, max_length=8000)
-    edited_image: str = Field(min_length=1, description="the ground-truth edit I_e*")
+    id: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    image: str = Field(min_length=1, examples=[EXAMPLE_IMAGE])
+    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, examples=[EXAMPLE_QUESTION])
+    answer: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, examples=["B"])
+    edited_image: str = Field(
+        min_length=1, description="the ground-truth edit I_e*", examples=[EXAMPLE_IMAGE]
+    )
     task: EditTask | None = None
-    scorer: str | None = None
+    scorer: str | None = Field(default=None, max_length=MAX_KEYWORD_CHARS)
     meta: dict[str, Any] | None = None
 
 

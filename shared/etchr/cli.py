@@ -264,14 +264,24 @@ def eval_cmd(
 def tiny_editor(
     out: Annotated[Path, typer.Argument(help="directory to write the checkpoint to")],
     seed: Annotated[int, typer.Option(help="weight-init seed")] = 0,
+    fit_vae: Annotated[
+        bool,
+        typer.Option(
+            "--fit-vae/--no-fit-vae",
+            help="fit the VAE on synthetic pictures first (~1 min on CPU): different latents then decode "
+            "to visibly different images, so image-level rewards (RL) can move",
+        ),
+    ] = False,
 ) -> None:
     """Write the tiny random-init Flux2Klein checkpoint (tests, CI, CPU-only use; it draws noise)."""
     tiny = importlib.import_module("etchr_editor.tiny")
-    path = tiny.save_tiny_editor(out, seed=seed)
-    typer.echo(f"tiny Flux2Klein checkpoint written to {path}")
+    path = tiny.save_tiny_editor(out, seed=seed, fit_vae=fit_vae, progress=fit_vae)
+    typer.echo(f"tiny Flux2Klein checkpoint{' (fitted VAE)' if fit_vae else ''} written to {path}")
 
 
-train_app = typer.Typer(help="Train the editor: Stage I LoRA SFT, LoRA merging.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train the editor: Stage I SFT, Stage II RL, the RL set filter, LoRA merging.", no_args_is_help=True
+)
 app.add_typer(train_app, name="train")
 
 
@@ -345,6 +355,107 @@ def train_sft(
         f"trained steps {result.start_step}→{result.steps}, final loss {result.final_loss:.4f}; "
         f"LoRA: {result.lora} (serve it with ETCHR_EDITOR_LORA={result.out})"
     )
+
+
+@train_app.command("rl")
+def train_rl(
+    data: Annotated[Path, typer.Option(help="manifest.jsonl (or its folder): the RL set")],
+    model: Annotated[str, typer.Option(help="base Flux2Klein checkpoint: local dir or hub id")],
+    out: Annotated[Path, typer.Option(help="checkpoints, metrics.jsonl and the final LoRA go here")],
+    lora: Annotated[
+        list[str] | None, typer.Option(help="Stage I LoRA to start from (fused into the base); repeatable")
+    ] = None,
+    reward_url: Annotated[str, typer.Option(help="the reward service")] = "http://localhost:8003",
+    reward_api_key: Annotated[
+        str | None, typer.Option(envvar="ETCHR_REWARD_API_KEY", help="bearer token of the reward service")
+    ] = None,
+    group_size: Annotated[int, typer.Option(min=2, help="G: edits per (image, question)")] = 8,
+    prompts_per_step: Annotated[int, typer.Option(min=1, help="groups per step and process")] = 4,
+    steps: Annotated[int, typer.Option(min=1, help="RL steps in all")] = 100,
+    sample_steps: Annotated[int, typer.Option(min=1, help="denoising steps per rollout")] = 25,
+    eta: Annotated[float, typer.Option(help="SDE noise level")] = 0.7,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-5,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 64,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha")] = 128.0,
+    clip_range: Annotated[float, typer.Option(help="PPO ratio clip")] = 1e-4,
+    kl_beta: Annotated[float, typer.Option(min=0, help="KL weight to the reference policy (0: off)")] = 0.0,
+    timestep_fraction: Annotated[float, typer.Option(help="share of denoising steps trained on")] = 0.6,
+    k: Annotated[int, typer.Option(min=1, help="MLLM decodings per reward query")] = 4,
+    resolution: Annotated[int, typer.Option(min=64, help="pixel budget resolution²")] = 512,
+    seed: Annotated[int, typer.Option(help="rollout noise, data order, LoRA init")] = 0,
+    save_every: Annotated[int, typer.Option(min=0, help="checkpoint every N steps (0: at the end)")] = 50,
+    resume: Annotated[bool, typer.Option(help="continue from OUT's latest checkpoint")] = False,
+    mixed_precision: Annotated[
+        MixedPrecisionOption, typer.Option(help="auto = bf16 on a GPU, no (fp32) on the CPU")
+    ] = MixedPrecisionOption.auto,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations: less memory")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Stage II: Pref-GRPO of the editor's LoRA through the reward service (docs/training.md)."""
+    from pydantic import ValidationError
+
+    rl = importlib.import_module("etchr_editor.train.rl")
+    _logging("info")
+    try:
+        config = rl.RLConfig(
+            data=data,
+            model=model,
+            out=out,
+            lora=tuple(lora or ()),
+            reward_url=reward_url,
+            reward_api_key=reward_api_key,
+            group_size=group_size,
+            prompts_per_step=prompts_per_step,
+            steps=steps,
+            sample_steps=sample_steps,
+            eta=eta,
+            lr=lr,
+            rank=rank,
+            alpha=alpha,
+            clip_range=clip_range,
+            kl_beta=kl_beta,
+            timestep_fraction=timestep_fraction,
+            k=k,
+            resolution=resolution,
+            seed=seed,
+            save_every=save_every,
+            resume=resume,
+            mixed_precision=mixed_precision.value,
+            gradient_checkpointing=gradient_checkpointing,
+            progress=progress,
+        )
+        result = rl.train_rl(config)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except rl.RewardUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    served = ",".join([*(lora or []), str(result.out)])
+    typer.echo(f"trained steps {result.start_step}→{result.steps}; serve with ETCHR_EDITOR_LORA={served}")
+
+
+@train_app.command("filter")
+def train_filter(
+    data: Annotated[Path, typer.Option(help="manifest.jsonl (or its folder) with edited_image targets")],
+    out: Annotated[Path, typer.Option(help="the kept rows go to OUT/manifest.jsonl")],
+    reward_url: Annotated[str, typer.Option(help="the reward service")] = "http://localhost:8003",
+    reward_api_key: Annotated[
+        str | None, typer.Option(envvar="ETCHR_REWARD_API_KEY", help="bearer token of the reward service")
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="MLLM decodings per check")] = 1,
+) -> None:
+    """The RL set (Eq. 1): keep rows U fails on alone and answers with the ground-truth edit."""
+    rl_data = importlib.import_module("etchr_editor.train.rl_data")
+    client_module = importlib.import_module("etchr_reward.client")
+    with client_module.RewardClient(reward_url, api_key=reward_api_key) as client:
+        try:
+            summary = rl_data.filter_manifest(data, out, client, k=k)
+        except (ValueError, FileNotFoundError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+        except client_module.RewardServiceError as exc:
+            typer.echo(f"error: reward service at {reward_url}: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"kept {summary.kept} of {summary.seen} rows: {summary.manifest}")
 
 
 @train_app.command("merge")

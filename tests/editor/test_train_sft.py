@@ -120,7 +120,8 @@ def test_lora_loads_in_diffusers_with_its_scale(overfit: SFTResult, tiny_editor_
     assert (diffusers_out - base_out).abs().max() > 1e-2  # the LoRA is not a no-op
 
 
-def _edit(url: str) -> np.ndarray:
+def edit_pixels(url: str) -> np.ndarray:
+    """One /edit of the standard test request (fixed seed), as an int16 pixel array."""
     response = httpx.post(f"{url}/edit", json=edit_body(n=1), timeout=60)
     assert response.status_code == 200, response.text
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))), dtype=np.int16)
@@ -162,9 +163,9 @@ def test_service_serves_the_lora_and_the_merged_checkpoint_alike(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    base = _edit(serve("base", tiny_editor_dir))
-    with_lora = _edit(serve("lora", tiny_editor_dir, editor_lora=[str(overfit.out)]))
-    from_merged = _edit(serve("merged", merged))
+    base = edit_pixels(serve("base", tiny_editor_dir))
+    with_lora = edit_pixels(serve("lora", tiny_editor_dir, editor_lora=[str(overfit.out)]))
+    from_merged = edit_pixels(serve("merged", merged))
     assert base.shape == with_lora.shape == from_merged.shape
     assert np.abs(with_lora - base).mean() > 2.0  # grey levels: the adapter really changes the edit
     assert np.abs(with_lora - from_merged).max() <= 1  # fused at load vs merged on disk: the same model

@@ -25,6 +25,8 @@ from diffusers import (
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from etchr_editor.tiny_vae import fit_vae as fit_tiny_vae
+
 # Sizes. Text hidden states of three layers are stacked, so the DiT's context width is 3 × TEXT_HIDDEN.
 TEXT_HIDDEN = 16
 TEXT_LAYERS = 28  # the pipeline reads hidden_states[27]
@@ -183,9 +185,19 @@ def build_tiny_pipeline(seed: int = 0) -> Flux2KleinPipeline:
     return pipe
 
 
-def save_tiny_editor(out_dir: Path | str, seed: int = 0) -> Path:
-    """Write the tiny pipeline (``save_pretrained``); ``Flux2KleinPipeline.from_pretrained(dir)`` loads it."""
+def save_tiny_editor(
+    out_dir: Path | str, seed: int = 0, fit_vae: bool = False, *, progress: bool = False
+) -> Path:
+    """Write the tiny pipeline (``save_pretrained``); ``Flux2KleinPipeline.from_pretrained(dir)`` loads it.
+
+    ``fit_vae``: first fit its VAE on synthetic pictures (``tiny_vae.fit_vae``, ~45 s on 2 CPU cores), so
+    different latents decode to visibly different images and image-level rewards on its outputs can move.
+    Same architecture and shapes either way; ``progress`` shows the fitting's progress bar.
+    """
     path = Path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
-    build_tiny_pipeline(seed).save_pretrained(path)
+    pipe = build_tiny_pipeline(seed)
+    if fit_vae:
+        fit_tiny_vae(pipe.vae, seed=seed, progress=progress)
+    pipe.save_pretrained(path)
     return path

@@ -67,6 +67,16 @@ def save_checkpoint(
     return final
 
 
+def check_out_dir(out: Path, *, resume: bool) -> None:
+    """Refuse to mix two runs in one folder: an earlier run's checkpoints are resumed or left alone."""
+    if resume or not out.exists():
+        return
+    if latest_checkpoint(out) is not None or (out / METRICS).exists():
+        raise ValueError(
+            f"{out} already holds a training run; pass --resume to continue it, or pick another --out"
+        )
+
+
 def read_training_state(path: Path) -> dict[str, Any]:
     """The checkpoint's step, configuration, optimizer and schedule states (read before anything is loaded,
     so a run that cannot resume it says why instead of failing on tensor shapes)."""

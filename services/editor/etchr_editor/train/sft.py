@@ -39,11 +39,13 @@ from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.train.checkpoints import (
     CONFIG,
     MetricsLog,
+    check_out_dir,
     latest_checkpoint,
     load_checkpoint,
     read_training_state,
     save_checkpoint,
 )
+from etchr_editor.train.distributed import end_training
 from etchr_editor.train.examples import TrainingBatch, load_examples, micro_batches
 from etchr_editor.train.lora import DEFAULT_TARGETS, add_lora, lora_parameters, save_lora
 
@@ -192,7 +194,7 @@ def train_sft(config: SFTConfig) -> SFTResult:
     main = accelerator.is_main_process
     out = config.out
     run_config = {**config.model_dump(mode="json"), "lora_alpha": config.lora_alpha}
-    _check_out_dir(out, resume=config.resume)
+    check_out_dir(out, resume=config.resume)
 
     settings = CommonSettings()
     tasks = TaskRegistry.from_file(config.tasks_file or settings.tasks_file)
@@ -321,18 +323,9 @@ def train_sft(config: SFTConfig) -> SFTResult:
     lora = out / "pytorch_lora_weights.safetensors"
     if main:
         lora = save_lora(transformer, out)
-    accelerator.end_training()
+    del model, optimizer
+    end_training(accelerator)
     return SFTResult(out=out, lora=lora, start_step=start, steps=config.steps, final_loss=loss_value)
-
-
-def _check_out_dir(out: Path, *, resume: bool) -> None:
-    """Refuse to mix two runs in one folder: an earlier run's checkpoints are resumed or left alone."""
-    if resume or not out.exists():
-        return
-    if latest_checkpoint(out) is not None or (out / "metrics.jsonl").exists():
-        raise ValueError(
-            f"{out} already holds a training run; pass --resume to continue it, or another --out"
-        )
 
 
 def _check_resumable(saved: dict[str, object], current: dict[str, object], checkpoint: Path) -> None:

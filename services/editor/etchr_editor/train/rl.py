@@ -1,0 +1,377 @@
+"""Stage II (Reasoning Enhancement): Pref-GRPO of the editor's LoRA through the reward service.
+
+Each step, for ``prompts_per_step`` (image, question) rows, the editor samples G edits with the SDE sampler
+of ``rollouts`` (its log-probabilities recorded), the reward service scores each group with
+``advantage="pref-grpo"`` (win rates → advantages, SPEC §1), and the LoRA is updated with the clipped
+policy-gradient objective on a fraction of the recorded timesteps, optionally with a KL term to the
+reference policy (the adapter disabled). Scoring a group overlaps the sampling of the next; a group is
+always sampled, and therefore scored, on one process, so its advantages are normalised over the whole group.
+
+A reward service that fails stops training with :class:`RewardUnavailable`: a step is never trained on
+missing or invented rewards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import cast_training_params
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from etchr.imaging import ImageLimits, encode_png_base64
+from etchr.settings import CommonSettings
+from etchr.tasks import TaskRegistry
+from etchr_editor.model import fuse_loras, load_pipeline
+from etchr_editor.sampler import BatchedSampler, SampleRequest
+from etchr_editor.train.checkpoints import (
+    CONFIG,
+    MetricsLog,
+    check_out_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    read_training_state,
+    save_checkpoint,
+)
+from etchr_editor.train.distributed import end_training
+from etchr_editor.train.examples import TrainingBatch, load_examples, micro_batches
+from etchr_editor.train.lora import DEFAULT_TARGETS, add_lora, lora_parameters, save_lora
+from etchr_editor.train.rollouts import Trajectories, sample_trajectories
+from etchr_editor.train.sft import MixedPrecision, resolve_mixed_precision
+from etchr_reward.client import RewardClient, RewardResult, RewardServiceError
+
+logger = logging.getLogger("etchr.train.rl")
+
+_WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_STRUCTURAL = ("model", "lora", "rank", "alpha", "targets")
+
+
+class RewardUnavailable(RuntimeError):
+    """The reward service gave no usable rewards; the step was not trained."""
+
+
+class RLConfig(BaseModel):
+    """One RL run; the CLI's options, one to one (``etchr train rl --help``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path
+    model: str
+    out: Path
+    lora: tuple[str, ...] = Field(default=(), description="Stage I LoRA(s), fused into the base first")
+    reward_url: str = "http://localhost:8003"
+    reward_api_key: str | None = None
+    group_size: int = Field(default=8, ge=2, description="G edits per (image, question)")
+    prompts_per_step: int = Field(default=4, ge=1, description="groups per step and process")
+    steps: int = Field(default=100, ge=1)
+    sample_steps: int = Field(default=25, ge=1)
+    guidance_scale: float = Field(default=3.5, ge=0)
+    eta: float = Field(default=0.7, gt=0, description="SDE noise level")
+    lr: float = Field(default=1e-5, gt=0)
+    rank: int = Field(default=64, ge=1)
+    alpha: float = Field(default=128.0, gt=0)
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    clip_range: float = Field(default=1e-4, gt=0)
+    adv_clip: float = Field(default=5.0, gt=0)
+    kl_beta: float = Field(default=0.0, ge=0)
+    timestep_fraction: float = Field(default=0.6, gt=0, le=1)
+    minibatches: int = Field(default=2, ge=1, description="optimizer updates per step")
+    k: int = Field(default=4, ge=1, le=32, description="MLLM decodings per reward query")
+    reward_alpha: float = Field(default=0.5, ge=0, le=1, description="R = α·R_guid + (1 − α)·R_corr")
+    resolution: int = Field(default=512, ge=64)
+    seed: int = 0
+    save_every: int = Field(default=50, ge=0)
+    resume: bool = False
+    mixed_precision: MixedPrecision = "auto"
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    tasks_file: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RLResult:
+    out: Path
+    lora: Path
+    start_step: int
+    steps: int
+
+
+@dataclass
+class _Group:
+    """One chunk of rollouts (one or more groups) and, once scored, its advantages."""
+
+    batch: TrainingBatch
+    trajectories: Trajectories
+    reward: Future[RewardResult]
+    advantages: torch.Tensor | None = None
+
+
+def rollout_seed(seed: int, step: int, rank: int, row: int, rollout: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank, row, rollout]).generate_state(1)[0])
+
+
+def policy_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate (PPO/GRPO) per row, and which rows were clipped."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped), (ratio - 1).abs() > clip_range
+
+
+def reward_items(batch: TrainingBatch, rollouts: Trajectories, group_size: int, tag: str) -> list[dict]:
+    """One /reward item per row of the batch: its group of G edits, in rollout order."""
+    items = []
+    for index, (example, image) in enumerate(zip(batch.examples, batch.images, strict=True)):
+        edits = rollouts.images[index * group_size : (index + 1) * group_size]
+        items.append(
+            {
+                "id": f"{example.id}@{tag}",
+                "image": encode_png_base64(image),
+                "question": example.question,
+                "answer": example.answer,
+                "task": example.task,
+                "scorer": example.scorer,
+                "meta": example.meta,
+                "edits": [encode_png_base64(edit) for edit in edits],
+            }
+        )
+    return items
+
+
+def train_rl(config: RLConfig) -> RLResult:
+    mixed_precision = resolve_mixed_precision(config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    out = config.out
+    run_config = config.model_dump(mode="json", exclude={"reward_api_key"})
+    check_out_dir(out, resume=config.resume)
+
+    settings = CommonSettings()
+    tasks = TaskRegistry.from_file(config.tasks_file or settings.tasks_file)
+    examples = load_examples(config.data, tasks, max_pixels=config.resolution**2, require_target=False)
+
+    pipe = load_pipeline(config.model, _WEIGHT_DTYPES[mixed_precision])
+    pipe.set_progress_bar_config(disable=True)
+    if config.lora:  # the Stage I policy becomes the base: the reference policy of the KL term
+        fuse_loras(pipe, config.lora, 1.0)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    pipe.to(accelerator.device)
+    transformer = pipe.transformer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        add_lora(transformer, rank=config.rank, alpha=config.alpha, targets=config.targets)
+    if mixed_precision != "no":
+        cast_training_params(transformer, dtype=torch.float32)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    sampler = BatchedSampler(pipe, device=accelerator.device)
+    params = lora_parameters(transformer)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+
+    start = 0
+    checkpoint = latest_checkpoint(out) if config.resume else None
+    if checkpoint is not None:
+        state = read_training_state(checkpoint)
+        for key in _STRUCTURAL:
+            if state["config"].get(key) != run_config.get(key):
+                raise ValueError(f"cannot resume {checkpoint}: it was trained with a different {key}")
+        load_checkpoint(
+            checkpoint, state, transformer=transformer, optimizer=optimizer, lr_scheduler=lr_scheduler
+        )
+        start = int(state["step"])
+    if start >= config.steps:
+        raise ValueError(f"{checkpoint} is already at step {start}; ask for more --steps than that to go on")
+    metrics = MetricsLog(out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics.truncate_after(start)
+        (out / CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batches = micro_batches(
+        examples,
+        batch_size=config.prompts_per_step,
+        seed=config.seed,
+        start=start * world,
+        rank=rank,
+        world_size=world,
+        limits=ImageLimits.from_settings(settings),
+        max_pixels=config.resolution**2,
+    )
+    client = RewardClient(config.reward_url, api_key=config.reward_api_key, retries=2, backoff_s=0.5)
+    scorer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="reward")
+    bar = tqdm(total=config.steps, initial=start, desc="rl", disable=not (main and config.progress))
+    parts = _Parts(sampler, model, transformer, optimizer, params, client, scorer, accelerator)
+    try:
+        for step in range(start + 1, config.steps + 1):
+            row = _train_step(config, step, next(batches), parts)
+            if main:
+                metrics.append(row)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
+            if (config.save_every and step % config.save_every == 0) or step == config.steps:
+                accelerator.wait_for_everyone()
+                if main:
+                    save_checkpoint(
+                        out, step, transformer=transformer, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                        config=run_config,
+                    )  # fmt: skip
+    finally:
+        bar.close()
+        scorer.shutdown(wait=False, cancel_futures=True)
+        client.close()
+    accelerator.wait_for_everyone()
+    lora = out / "pytorch_lora_weights.safetensors"
+    if main:
+        lora = save_lora(transformer, out)
+    del parts, model, optimizer
+    end_training(accelerator)
+    return RLResult(out=out, lora=lora, start_step=start, steps=config.steps)
+
+
+@dataclass
+class _Parts:
+    """What a step works with: the sampler, the DiT (wrapped and not), the optimizer, the reward client."""
+
+    sampler: BatchedSampler
+    model: torch.nn.Module  # the DiT as accelerate prepared it (DDP): gradients go through it
+    transformer: torch.nn.Module  # the same DiT unwrapped: adapters are switched on it
+    optimizer: torch.optim.Optimizer
+    params: Sequence[torch.nn.Parameter]
+    client: RewardClient
+    scorer: ThreadPoolExecutor
+    accelerator: Accelerator
+
+
+def _train_step(config: RLConfig, step: int, batch: TrainingBatch, parts: _Parts) -> dict[str, float]:
+    """Sample every group (scoring each while the next samples), then update; one metrics row."""
+    sampler, model, transformer = parts.sampler, parts.model, parts.transformer
+    optimizer, params, accelerator = parts.optimizer, parts.params, parts.accelerator
+    started = time.perf_counter()
+    rank = accelerator.process_index
+    groups: list[_Group] = []
+    sample_s = 0.0
+    transformer.eval()
+    for index, (example, image) in enumerate(zip(batch.examples, batch.images, strict=True)):
+        seeds = tuple(rollout_seed(config.seed, step, rank, index, g) for g in range(config.group_size))
+        request = SampleRequest(
+            image=image,
+            prompt=example.prompt,
+            seeds=seeds,
+            steps=config.sample_steps,
+            guidance_scale=config.guidance_scale,
+        )
+        sampled = time.perf_counter()
+        rollouts = sample_trajectories(sampler, [request], eta=config.eta)
+        sample_s += time.perf_counter() - sampled
+        single = TrainingBatch(index=batch.index, examples=[example], images=[image], targets=[])
+        items = reward_items(single, rollouts, config.group_size, f"{step}.{rank}.{index}")
+        future = parts.scorer.submit(
+            parts.client.reward, items, alpha=config.reward_alpha, k=config.k, advantage="pref-grpo"
+        )
+        groups.append(_Group(batch=single, trajectories=rollouts, reward=future))
+
+    waited = time.perf_counter()
+    rewards: list[float] = []
+    guidance: list[float] = []
+    correctness: list[float] = []
+    for group in groups:
+        try:
+            result = group.reward.result()
+        except RewardServiceError as exc:
+            raise RewardUnavailable(
+                f"reward service at {config.reward_url} failed at step {step} ({exc}); training stopped, "
+                "this step was not trained"
+            ) from exc
+        [item] = result.items
+        if item.advantages is None or len(item.advantages) != config.group_size:
+            raise RewardUnavailable(f"reward service returned no advantages for {item.id} at step {step}")
+        group.advantages = torch.tensor(item.advantages, dtype=torch.float32, device=accelerator.device)
+        rewards += [r.reward for r in item.rewards]
+        guidance += [r.guidance for r in item.rewards]
+        correctness += [r.correctness for r in item.rewards]
+    reward_wait_s = time.perf_counter() - waited
+
+    updated = time.perf_counter()
+    model.train()
+    chosen = _chosen_timesteps(config, step)
+    units = [(group, k) for group in groups for k in chosen]
+    losses, clipped, kls = [], [], []
+    for part in np.array_split(np.arange(len(units)), min(config.minibatches, len(units))):
+        for position, unit in enumerate(part):
+            group, k = units[int(unit)]
+            assert group.advantages is not None
+            last = position == len(part) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                new = group.trajectories.step_log_prob(sampler, k, transformer=model)
+                advantages = group.advantages.clamp(-config.adv_clip, config.adv_clip)
+                surrogate, was_clipped = policy_loss(
+                    new.log_prob, group.trajectories.log_probs[k], advantages, config.clip_range
+                )
+                loss = surrogate.mean()
+                if config.kl_beta > 0:
+                    with torch.no_grad():
+                        transformer.disable_adapters()
+                        try:
+                            reference = group.trajectories.step_log_prob(sampler, k, transformer=model)
+                        finally:
+                            transformer.enable_adapters()
+                    squared = ((new.mean - reference.mean) ** 2).mean(dim=(1, 2))
+                    kl = (squared / (2 * new.std.view(-1) ** 2)).mean()
+                    loss = loss + config.kl_beta * kl
+                    kls.append(kl.detach())
+                accelerator.backward(loss / len(part))
+            losses.append(loss.detach())
+            clipped.append(was_clipped.float().mean())
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    update_s = time.perf_counter() - updated
+
+    def mean(values: Sequence[float] | Sequence[torch.Tensor]) -> float:
+        if not values:
+            return 0.0
+        tensor = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).to(accelerator.device)
+        return accelerator.reduce(tensor.mean(), reduction="mean").item()
+
+    row = {
+        "step": step,
+        "reward_mean": mean(rewards),
+        "guidance_mean": mean(guidance),
+        "correctness_mean": mean(correctness),
+        "loss": mean(losses),
+        "clip_frac": mean(clipped),
+        "kl": mean(kls),
+        "sample_s": sample_s,
+        "reward_wait_s": reward_wait_s,
+        "update_s": update_s,
+        "step_s": time.perf_counter() - started,
+    }
+    if not math.isfinite(row["loss"]):
+        raise FloatingPointError(f"loss is {row['loss']} at step {step}; lower --lr")
+    return row
+
+
+def _chosen_timesteps(config: RLConfig, step: int) -> list[int]:
+    """A seeded ``timestep_fraction`` of the denoising steps to train on (at least one)."""
+    count = max(1, round(config.timestep_fraction * config.sample_steps))
+    rng = np.random.default_rng([config.seed, step, 104729])
+    return sorted(rng.choice(config.sample_steps, size=count, replace=False).tolist())

@@ -1,0 +1,262 @@
+"""`etchr train rl` on the tiny checkpoint, through a real reward service and a test MLLM whose verdicts
+favour green edits: log-probs and advantages line up with their rollouts, a dead reward service stops
+training, the LoRA is served, resume continues, the Eq. 1 filter keeps the right rows."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from etchr.data.manifest import ManifestRow, read_manifest, write_manifest
+from etchr.settings import RewardSettings
+from etchr_editor.api import create_app as create_editor_app
+from etchr_editor.model import load_editor
+from etchr_editor.sampler import BatchedSampler, SampleRequest
+from etchr_editor.train.checkpoints import latest_checkpoint
+from etchr_editor.train.examples import TrainingBatch, TrainingExample
+from etchr_editor.train.rl import RewardUnavailable, RLConfig, policy_loss, reward_items, train_rl
+from etchr_editor.train.rl_data import filter_manifest
+from etchr_editor.train.rollouts import sample_trajectories
+from etchr_reward.api import create_app as create_reward_app
+from etchr_reward.client import RewardClient
+from tests.editor.test_api import editor_settings
+from tests.editor.test_train_sft import edit_pixels
+from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
+from tests.support.redis_server import RedisServer
+from tests.support.servers import AppLauncher, UvicornThread
+
+RIGHT, WRONG = "\\boxed{B}", "\\boxed{A}"
+JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
+K = 4
+ALONE_RIGHT, ALONE_WRONG = (128, 120, 128), (110, 110, 120)  # the two originals of the RL set
+QUESTION = "Which colour dominates the picture?\n(A) red\n(B) green\n(C) blue"
+
+
+def greenness(image: Image.Image) -> float:
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    return float(pixels[..., 1].mean() - (pixels[..., 0].mean() + pixels[..., 2].mean()) / 2)
+
+
+def decode_data_url(url: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+class GreenJudge:
+    """U answers right, and J says "1", in as many of the k decodings as thresholds the edit's greenness
+    passes: a graded reward for "make it greener". The thresholds come from the untrained policy's edits."""
+
+    def __init__(self) -> None:
+        self.thresholds = [0.0] * K
+
+    def __call__(self, request: RecordedRequest) -> Reply | str:
+        if request.image_count == 1:  # Eq. 1's base query: U is right alone on the bright original only
+            bright = decode_data_url(request.images[0]).convert("RGB").getpixel((0, 0))[0] == ALONE_RIGHT[0]
+            return Reply(content=[RIGHT if bright else WRONG for _ in range(request.n)])
+        passed = sum(greenness(decode_data_url(request.images[1])) > t for t in self.thresholds)
+        if JUDGE_MARK in request.text:
+            return Reply(content=["1" if i < passed else "0" for i in range(request.n)])
+        return Reply(content=[RIGHT if i < passed else WRONG for i in range(request.n)])
+
+
+@pytest.fixture(scope="module")
+def rl_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two rows, two grey-ish pictures, one multiple-choice question each (answer B)."""
+    out = tmp_path_factory.mktemp("rl-set")
+    (out / "images").mkdir()
+    rows = []
+    for index, colour in enumerate([ALONE_RIGHT, ALONE_WRONG]):
+        Image.new("RGB", (64, 64), colour).save(out / "images" / f"{index}.png")
+        Image.new("RGB", (64, 64), (40, 200, 40)).save(out / "images" / f"{index}_edit.png")
+        rows.append(
+            ManifestRow(
+                id=f"row{index}",
+                task="perception",
+                image=f"images/{index}.png",
+                question=QUESTION,
+                answer="B",
+                edited_image=f"images/{index}_edit.png",
+                scorer="option",
+            )
+        )
+    write_manifest(out / "manifest.jsonl", rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def judge() -> GreenJudge:
+    return GreenJudge()
+
+
+@pytest.fixture(scope="module")
+def mllm(judge: GreenJudge) -> Iterator[ScriptedMLLM]:
+    server = ScriptedMLLM(judge).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def reward_url(redis_server: RedisServer, mllm: ScriptedMLLM) -> Iterator[str]:
+    launcher = AppLauncher(
+        create_reward_app,
+        RewardSettings,
+        {
+            "redis_url": redis_server.url,
+            "redis_prefix": "rl-test",
+            "mllm_base_url": [mllm.base_url],
+            "mllm_model": "test-vlm",
+            "mllm_max_retries": 0,
+        },
+    )
+    yield launcher.launch()
+    launcher.stop_all()
+
+
+def config(data: Path, model: Path, out: Path, reward_url: str, **overrides: object) -> RLConfig:
+    values: dict[str, object] = {
+        "data": data,
+        "model": str(model),
+        "out": out,
+        "reward_url": reward_url,
+        "group_size": 4,
+        "prompts_per_step": 2,
+        "steps": 3,
+        "sample_steps": 4,
+        "guidance_scale": 2.0,
+        "eta": 0.7,
+        "lr": 1e-3,
+        "rank": 8,
+        "alpha": 16.0,
+        "clip_range": 0.2,
+        "timestep_fraction": 0.5,
+        "minibatches": 1,
+        "k": K,
+        "resolution": 64,
+        "save_every": 2,
+        "progress": False,
+    }
+    return RLConfig(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def test_recorded_log_probs_are_the_policys_own(tiny_editor_dir: Path) -> None:
+    """Before any update the ratio is exactly 1: recomputing each step's log-prob reproduces the record."""
+    sampler = BatchedSampler(load_editor(str(tiny_editor_dir), device="cpu").pipe)
+    image = Image.new("RGB", (64, 64), (90, 140, 60))
+    request = SampleRequest(image=image, prompt="show it", seeds=(3, 4, 5), steps=4, guidance_scale=2.0)
+    rollouts = sample_trajectories(sampler, [request], eta=0.7)
+    assert rollouts.log_probs.shape == (4, 3) and torch.isfinite(rollouts.log_probs).all()
+    with torch.no_grad():
+        for k in range(rollouts.steps):
+            recomputed = rollouts.step_log_prob(sampler, k)
+            torch.testing.assert_close(recomputed.log_prob, rollouts.log_probs[k], atol=1e-5, rtol=0)
+            loss, clipped = policy_loss(recomputed.log_prob, rollouts.log_probs[k], torch.ones(3), 1e-4)
+            torch.testing.assert_close(loss, -torch.ones(3), atol=1e-4, rtol=0)
+            assert not clipped.any()
+    again = sample_trajectories(sampler, [request], eta=0.7)
+    torch.testing.assert_close(again.next_latents, rollouts.next_latents)  # seeds fix the trajectory
+    other = sample_trajectories(sampler, [request], eta=1.2)
+    assert not torch.allclose(other.next_latents[-1], rollouts.next_latents[-1])
+
+
+def test_group_advantages_arrive_aligned_with_their_rollouts(
+    tiny_editor_dir: Path, rl_set: Path, reward_url: str, judge: GreenJudge
+) -> None:
+    sampler = BatchedSampler(load_editor(str(tiny_editor_dir), device="cpu").pipe)
+    [row] = list(read_manifest(rl_set / "manifest.jsonl"))[:1]
+    image = Image.open(rl_set / row.image).convert("RGB")
+    request = SampleRequest(image=image, prompt="p", seeds=tuple(range(20, 28)), steps=4, guidance_scale=2.0)
+    rollouts = sample_trajectories(sampler, [request], eta=0.7)
+    values = sorted(greenness(edit) for edit in rollouts.images)
+    judge.thresholds = [values[1], values[3], values[5], values[6]]  # every count of passed thresholds occurs
+    example = TrainingExample(
+        id=row.id, prompt="p", image=rl_set / row.image, target=None, size=(64, 64), question=row.question,
+        answer=row.answer, task=row.task, scorer=row.scorer,
+    )  # fmt: skip
+    batch = TrainingBatch(index=0, examples=[example], images=[image], targets=[])
+    with RewardClient(reward_url) as client:
+        result = client.reward(reward_items(batch, rollouts, 8, "aligned"), k=K, advantage="pref-grpo")
+    [item] = result.items
+    passed = [sum(greenness(edit) > t for t in judge.thresholds) for edit in rollouts.images]
+    assert [r.correctness for r in item.rewards] == [p / K for p in passed]
+    assert item.advantages is not None and len(set(passed)) > 1
+    greener = sorted(range(8), key=lambda i: passed[i])
+    assert item.advantages[greener[-1]] > item.advantages[greener[0]]
+
+
+def test_resume_serve_and_a_dead_reward_service_stops_training(
+    tiny_editor_dir: Path,
+    rl_set: Path,
+    reward_url: str,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    key_prefix: str,
+) -> None:
+    out = tmp_path / "rl"
+    train_rl(config(rl_set, tiny_editor_dir, out, reward_url, steps=2, lr=1e-2))
+    resumed = train_rl(config(rl_set, tiny_editor_dir, out, reward_url, steps=3, lr=1e-2, resume=True))
+    assert resumed.start_step == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    required = {"step", "reward_mean", "guidance_mean", "correctness_mean", "loss", "clip_frac", "kl"}
+    assert all(required <= set(row) for row in rows)
+
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    with pytest.raises(RewardUnavailable, match=r"127\.0\.0\.1:9.*step 4"):
+        train_rl(config(rl_set, tiny_editor_dir, out, dead, steps=5, lr=1e-2, resume=True))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # nothing trained on missing rewards
+    assert latest_checkpoint(out) == out / "checkpoint-3"
+
+    servers = []
+    try:
+        for name, loras in (("base", []), ("rl", [str(resumed.out)])):
+            settings = editor_settings(
+                redis_server.url, f"{key_prefix}-{name}", tiny_editor_dir, editor_lora=loras
+            )
+            servers.append(UvicornThread(create_editor_app(settings)).start())
+        base, trained = (edit_pixels(server.url) for server in servers)
+        assert np.abs(base - trained).mean() > 0.5  # the RL LoRA loads in the editor and changes its edit
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_filter_keeps_the_rows_the_edit_makes_the_difference(
+    rl_set: Path, reward_url: str, tmp_path: Path
+) -> None:
+    """Eq. 1: a row U answers alone is dropped; one it fails alone and answers with the (green) true edit
+    is kept — by the library call and by `etchr train filter`, with image paths re-rooted at the output."""
+    with RewardClient(reward_url) as client:
+        summary = filter_manifest(rl_set, tmp_path / "lib", client, k=1)
+    assert (summary.seen, summary.kept) == (2, 1)
+    [row] = list(read_manifest(summary.manifest))
+    assert row.id == "row1"
+    assert (summary.manifest.parent / row.image).is_file() and (
+        summary.manifest.parent / row.edited_image
+    ).is_file()
+    command = [sys.executable, "-m", "etchr.cli", "train", "filter", "--data", str(rl_set)]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "cli"), "--reward-url", reward_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kept 1 of 2 rows" in done.stdout
+    assert [r.id for r in read_manifest(tmp_path / "cli" / "manifest.jsonl")] == ["row1"]
+    dead = subprocess.run(
+        [*command, "--out", str(tmp_path / "dead"), "--reward-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dead.returncode == 1 and "reward service at http://127.0.0.1:9" in dead.stderr

@@ -1,12 +1,14 @@
 """`etchr train rl` on the tiny checkpoint, through a real reward service and a test MLLM whose verdicts
-favour green edits: log-probs and advantages line up with their rollouts, a dead reward service stops
-training, the LoRA is served, resume continues, the Eq. 1 filter keeps the right rows."""
+favour green edits: the mean reward rises (on the checkpoint with the fitted VAE, whose edits can differ
+visibly), log-probs and advantages line up with their rollouts, a dead reward service stops training, the
+LoRA is served, resume continues, the Eq. 1 filter keeps the right rows."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -66,6 +68,15 @@ class GreenJudge:
         if JUDGE_MARK in request.text:
             return Reply(content=["1" if i < passed else "0" for i in range(request.n)])
         return Reply(content=[RIGHT if i < passed else WRONG for i in range(request.n)])
+
+
+@pytest.fixture(scope="module")
+def fitted_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with its VAE fitted (`etchr tiny-editor --fit-vae`): a random VAE decodes every
+    latent to nearly the same picture, so no image-level reward could move."""
+    from etchr_editor.tiny import save_tiny_editor
+
+    return save_tiny_editor(tmp_path_factory.mktemp("fitted-tiny"), fit_vae=True)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +201,31 @@ def test_group_advantages_arrive_aligned_with_their_rollouts(
     assert item.advantages is not None and len(set(passed)) > 1
     greener = sorted(range(8), key=lambda i: passed[i])
     assert item.advantages[greener[-1]] > item.advantages[greener[0]]
+
+
+@pytest.mark.slow
+def test_mean_reward_rises_against_the_reward_service(
+    fitted_editor_dir: Path, rl_set: Path, reward_url: str, judge: GreenJudge, tmp_path: Path
+) -> None:
+    """Thresholds at the quantiles of the untrained policy's greenness put the reward near 0.5 at first;
+    25 Pref-GRPO steps (lower SDE noise, η = 0.4, so the policy's own signal is not drowned) push it up."""
+    sampler = BatchedSampler(load_editor(str(fitted_editor_dir), device="cpu").pipe)
+    values = []
+    for row in read_manifest(rl_set / "manifest.jsonl"):
+        image = Image.open(rl_set / row.image).convert("RGB")
+        request = SampleRequest(image=image, prompt="x", seeds=tuple(range(8)), steps=4, guidance_scale=2.0)
+        values += [greenness(edit) for edit in sample_trajectories(sampler, [request], eta=0.4).images]
+    judge.thresholds = [float(q) for q in np.quantile(values, [0.2, 0.4, 0.6, 0.8])]
+    out = tmp_path / "rl"
+    train_rl(config(rl_set, fitted_editor_dir, out, reward_url, steps=25, save_every=0, lr=3e-2, eta=0.4))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 26))
+    first = statistics.mean(row["reward_mean"] for row in rows[:6])
+    last = statistics.mean(row["reward_mean"] for row in rows[-6:])
+    assert last > first + 0.15, (first, last)
+    assert statistics.mean(row["guidance_mean"] for row in rows[-6:]) > statistics.mean(
+        row["guidance_mean"] for row in rows[:6]
+    )
 
 
 def test_resume_serve_and_a_dead_reward_service_stops_training(

@@ -70,6 +70,18 @@ class GreenJudge:
         return Reply(content=[RIGHT if i < passed else WRONG for i in range(request.n)])
 
 
+def spread_thresholds(judge: GreenJudge, model_dir: Path, rl_set: Path, *, eta: float) -> None:
+    """Thresholds at the quantiles of the untrained policy's greenness on the RL set: rewards start near
+    0.5 and differ within every group, so advantages are not all zero."""
+    sampler = BatchedSampler(load_editor(str(model_dir), device="cpu").pipe)
+    values = []
+    for row in read_manifest(rl_set / "manifest.jsonl"):
+        image = Image.open(rl_set / row.image).convert("RGB")
+        request = SampleRequest(image=image, prompt="x", seeds=tuple(range(8)), steps=4, guidance_scale=2.0)
+        values += [greenness(edit) for edit in sample_trajectories(sampler, [request], eta=eta).images]
+    judge.thresholds = [float(q) for q in np.quantile(values, [0.2, 0.4, 0.6, 0.8])]
+
+
 @pytest.fixture(scope="module")
 def fitted_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint with its VAE fitted (`etchr tiny-editor --fit-vae`): a random VAE decodes every
@@ -209,13 +221,7 @@ def test_mean_reward_rises_against_the_reward_service(
 ) -> None:
     """Thresholds at the quantiles of the untrained policy's greenness put the reward near 0.5 at first;
     25 Pref-GRPO steps (lower SDE noise, η = 0.4, so the policy's own signal is not drowned) push it up."""
-    sampler = BatchedSampler(load_editor(str(fitted_editor_dir), device="cpu").pipe)
-    values = []
-    for row in read_manifest(rl_set / "manifest.jsonl"):
-        image = Image.open(rl_set / row.image).convert("RGB")
-        request = SampleRequest(image=image, prompt="x", seeds=tuple(range(8)), steps=4, guidance_scale=2.0)
-        values += [greenness(edit) for edit in sample_trajectories(sampler, [request], eta=0.4).images]
-    judge.thresholds = [float(q) for q in np.quantile(values, [0.2, 0.4, 0.6, 0.8])]
+    spread_thresholds(judge, fitted_editor_dir, rl_set, eta=0.4)
     out = tmp_path / "rl"
     train_rl(config(rl_set, fitted_editor_dir, out, reward_url, steps=25, save_every=0, lr=3e-2, eta=0.4))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -232,10 +238,12 @@ def test_resume_serve_and_a_dead_reward_service_stops_training(
     tiny_editor_dir: Path,
     rl_set: Path,
     reward_url: str,
+    judge: GreenJudge,
     tmp_path: Path,
     redis_server: RedisServer,
     key_prefix: str,
 ) -> None:
+    spread_thresholds(judge, tiny_editor_dir, rl_set, eta=0.7)
     out = tmp_path / "rl"
     train_rl(config(rl_set, tiny_editor_dir, out, reward_url, steps=2, lr=1e-2))
     resumed = train_rl(config(rl_set, tiny_editor_dir, out, reward_url, steps=3, lr=1e-2, resume=True))
@@ -296,3 +304,20 @@ def test_filter_keeps_the_rows_the_edit_makes_the_difference(
         timeout=120,
     )
     assert dead.returncode == 1 and "reward service at http://127.0.0.1:9" in dead.stderr
+
+
+def test_starting_from_a_stage_one_lora_with_a_kl_term(
+    tiny_editor_dir: Path, rl_set: Path, reward_url: str, judge: GreenJudge, tmp_path: Path
+) -> None:
+    """`--lora` fuses the Stage I adapter into the base (the reference policy); the KL to it is 0 while the
+    new adapter is still zero (step 1) and positive once it has moved (step 2)."""
+    spread_thresholds(judge, tiny_editor_dir, rl_set, eta=0.7)
+    stage_one = train_rl(config(rl_set, tiny_editor_dir, tmp_path / "one", reward_url, steps=1, lr=1e-2))
+    out = tmp_path / "two"
+    lora = (str(stage_one.out),)
+    train_rl(config(rl_set, tiny_editor_dir, out, reward_url, steps=2, lr=1e-2, kl_beta=0.5, lora=lora))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-9)
+    assert rows[1]["kl"] > 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["lora"] == [str(stage_one.out)] and "reward_api_key" not in saved

@@ -8,15 +8,18 @@ the data order and the noise are functions of (seed, micro-batch index), not of 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from etchr_editor.train.lora import LORA_WEIGHTS, load_lora, save_lora
+
+logger = logging.getLogger("etchr.train")
 
 METRICS = "metrics.jsonl"
 STATE = "training_state.pt"
@@ -120,3 +123,49 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def start_run(
+    out: Path,
+    run_config: Mapping[str, Any],
+    *,
+    resume: bool,
+    steps: int,
+    structural: Sequence[str],
+    order: Sequence[str],
+    transformer: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    main: bool,
+) -> int:
+    """Resume from ``out``'s latest checkpoint (with ``resume``), prepare ``out``; returns the step done.
+
+    ``structural`` keys must match the checkpoint's configuration (the adapter could not be loaded
+    otherwise); a changed ``order`` key only warns, since it changes which data the run sees next.
+    """
+    start = 0
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        state = read_training_state(checkpoint)
+        saved = state["config"]
+        for key in structural:
+            if saved.get(key) != run_config.get(key):
+                raise ValueError(
+                    f"cannot resume {checkpoint}: it was trained with {key}={saved.get(key)!r}, "
+                    f"this run asks for {run_config.get(key)!r}"
+                )
+        changed = [key for key in order if saved.get(key) != run_config.get(key)]
+        if changed:
+            logger.warning("resuming with changed %s: the data order differs from the original run", changed)
+        load_checkpoint(
+            checkpoint, state, transformer=transformer, optimizer=optimizer, lr_scheduler=lr_scheduler
+        )
+        start = int(state["step"])
+        logger.info("resuming from %s (step %d)", checkpoint, start)
+    if start >= steps:
+        raise ValueError(f"{checkpoint} is already at step {start}; ask for more --steps than that to go on")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        MetricsLog(out).truncate_after(start)
+        (out / CONFIG).write_text(json.dumps(dict(run_config), indent=2) + "\n")
+    return start

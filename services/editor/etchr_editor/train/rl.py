@@ -14,7 +14,6 @@ missing or invented rewards.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -36,13 +35,10 @@ from etchr.tasks import TaskRegistry
 from etchr_editor.model import fuse_loras, load_pipeline
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.train.checkpoints import (
-    CONFIG,
     MetricsLog,
     check_out_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    read_training_state,
     save_checkpoint,
+    start_run,
 )
 from etchr_editor.train.distributed import end_training
 from etchr_editor.train.examples import TrainingBatch, load_examples, micro_batches
@@ -185,24 +181,19 @@ def train_rl(config: RLConfig) -> RLResult:
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model, optimizer = accelerator.prepare(transformer, optimizer)
 
-    start = 0
-    checkpoint = latest_checkpoint(out) if config.resume else None
-    if checkpoint is not None:
-        state = read_training_state(checkpoint)
-        for key in _STRUCTURAL:
-            if state["config"].get(key) != run_config.get(key):
-                raise ValueError(f"cannot resume {checkpoint}: it was trained with a different {key}")
-        load_checkpoint(
-            checkpoint, state, transformer=transformer, optimizer=optimizer, lr_scheduler=lr_scheduler
-        )
-        start = int(state["step"])
-    if start >= config.steps:
-        raise ValueError(f"{checkpoint} is already at step {start}; ask for more --steps than that to go on")
+    start = start_run(
+        out,
+        run_config,
+        resume=config.resume,
+        steps=config.steps,
+        structural=_STRUCTURAL,
+        order=("seed", "prompts_per_step", "group_size", "resolution", "data"),
+        transformer=transformer,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        main=main,
+    )
     metrics = MetricsLog(out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics.truncate_after(start)
-        (out / CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
 
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = micro_batches(

@@ -14,7 +14,6 @@ every N-th micro-batch of one global, seeded stream).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -37,13 +36,10 @@ from etchr.tasks import TaskRegistry
 from etchr_editor.model import load_pipeline
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.train.checkpoints import (
-    CONFIG,
     MetricsLog,
     check_out_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    read_training_state,
     save_checkpoint,
+    start_run,
 )
 from etchr_editor.train.distributed import end_training
 from etchr_editor.train.examples import TrainingBatch, load_examples, micro_batches
@@ -233,24 +229,19 @@ def train_sft(config: SFTConfig) -> SFTResult:
     )
     model, optimizer = accelerator.prepare(transformer, optimizer)
 
-    start = 0
-    checkpoint = latest_checkpoint(out) if config.resume else None
-    if checkpoint is not None:
-        state = read_training_state(checkpoint)
-        _check_resumable(state["config"], run_config, checkpoint)
-        load_checkpoint(
-            checkpoint, state, transformer=transformer, optimizer=optimizer, lr_scheduler=lr_scheduler
-        )
-        start = int(state["step"])
-        logger.info("resuming from %s (step %d)", checkpoint, start)
-    if start >= config.steps:
-        raise ValueError(f"{checkpoint} is already at step {start}; ask for more --steps than that to go on")
-
+    start = start_run(
+        out,
+        run_config,
+        resume=config.resume,
+        steps=config.steps,
+        structural=_STRUCTURAL,
+        order=("seed", "batch_size", "grad_accum", "resolution", "data"),
+        transformer=transformer,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        main=main,
+    )
     metrics = MetricsLog(out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics.truncate_after(start)
-        (out / CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = micro_batches(
         examples,
@@ -326,19 +317,3 @@ def train_sft(config: SFTConfig) -> SFTResult:
     del model, optimizer
     end_training(accelerator)
     return SFTResult(out=out, lora=lora, start_step=start, steps=config.steps, final_loss=loss_value)
-
-
-def _check_resumable(saved: dict[str, object], current: dict[str, object], checkpoint: Path) -> None:
-    for key in _STRUCTURAL:
-        if saved.get(key) != current.get(key):
-            raise ValueError(
-                f"cannot resume {checkpoint}: it was trained with {key}={saved.get(key)!r}, "
-                f"this run asks for {current.get(key)!r}"
-            )
-    changed = [
-        key
-        for key in ("seed", "batch_size", "grad_accum", "resolution", "data")
-        if saved.get(key) != current.get(key)
-    ]
-    if changed:
-        logger.warning("resuming with changed %s: the data order will differ from the original run", changed)

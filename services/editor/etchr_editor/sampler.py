@@ -65,6 +65,18 @@ class Conditioning:
         return self.prompt_embeds.shape[0]
 
 
+@dataclass
+class EncodedRequests:
+    """A batch's requests with their prompts and reference images encoded (rows index into these)."""
+
+    requests: list[SampleRequest]
+    prompts: list[str]  # distinct prompts, in first-seen order
+    embeds: torch.Tensor  # (P, L, D)
+    text_ids: torch.Tensor  # (P, L, 4)
+    image_latents: torch.Tensor  # (R, N_ref, C), one per request
+    image_ids: torch.Tensor  # (R, N_ref, 4)
+
+
 class BatchedSampler:
     """Denoise several requests (each with its own image, prompt, guidance and seeds) in one loop."""
 
@@ -95,24 +107,13 @@ class BatchedSampler:
         """
         if not requests:
             return []
-        self._validate(requests)
-        prompts = list(dict.fromkeys(r.prompt for r in requests))  # equal prompts are encoded once
-        embeds, text_ids = self.encode_prompts(prompts)
-        image_latents, image_ids = self.encode_reference_images([r.image for r in requests])
+        self.validate(requests)
+        encoded = self.encode_requests(requests)
         rows = [(index, seed) for index, request in enumerate(requests) for seed in request.seeds]
         outputs: list[list[PIL.Image.Image]] = [[] for _ in requests]
         for start in range(0, len(rows), self.max_rows):
             chunk = rows[start : start + self.max_rows]
-            chunk_requests = [requests[i] for i, _ in chunk]
-            prompt_index = torch.tensor([prompts.index(r.prompt) for r in chunk_requests], device=self.device)
-            image_index = torch.tensor([i for i, _ in chunk], device=self.device)
-            cond = self.conditioning(
-                chunk_requests,
-                prompt_embeds=embeds[prompt_index],
-                text_ids=text_ids[prompt_index],
-                image_latents=image_latents[image_index],
-                image_ids=image_ids[image_index],
-            )
+            cond = self.rows_conditioning(encoded, chunk)
             latents = self.initial_latents([seed for _, seed in chunk], cond.width, cond.height)
             latents = self.denoise(cond, latents, requests[0].steps)
             for (i, _), image in zip(chunk, self.decode(latents, cond.width, cond.height), strict=True):
@@ -126,6 +127,27 @@ class BatchedSampler:
         self.sample([SampleRequest(image=image, prompt="warm-up", seeds=(0,), steps=1, guidance_scale=2.0)])
 
     # ------------------------------------------------------------------ the pieces of the loop
+
+    def encode_requests(self, requests: Sequence[SampleRequest]) -> EncodedRequests:
+        """Prompts (each distinct one once) and reference images of a batch, encoded in one call each."""
+        prompts = list(dict.fromkeys(r.prompt for r in requests))
+        embeds, text_ids = self.encode_prompts(prompts)
+        image_latents, image_ids = self.encode_reference_images([r.image for r in requests])
+        return EncodedRequests(list(requests), prompts, embeds, text_ids, image_latents, image_ids)
+
+    def rows_conditioning(self, encoded: EncodedRequests, rows: Sequence[tuple[int, int]]) -> Conditioning:
+        """Conditioning for ``rows`` of (request index, seed): one row per output image."""
+        row_requests = [encoded.requests[i] for i, _ in rows]
+        prompt_rows = [encoded.prompts.index(r.prompt) for r in row_requests]
+        prompt_index = torch.tensor(prompt_rows, device=self.device)
+        image_index = torch.tensor([i for i, _ in rows], device=self.device)
+        return self.conditioning(
+            row_requests,
+            prompt_embeds=encoded.embeds[prompt_index],
+            text_ids=encoded.text_ids[prompt_index],
+            image_latents=encoded.image_latents[image_index],
+            image_ids=encoded.image_ids[image_index],
+        )
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +323,8 @@ class BatchedSampler:
             torch.empty(rows, 1, *self._tokens(width, height), device="meta")
         )
 
-    def _validate(self, requests: Sequence[SampleRequest]) -> None:
+    def validate(self, requests: Sequence[SampleRequest]) -> None:
+        """Requests that can share one loop: same batch_key, model-ready sizes, steps and seeds."""
         key = requests[0].batch_key()
         for request in requests:
             if request.batch_key() != key:

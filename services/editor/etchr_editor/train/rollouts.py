@@ -162,22 +162,10 @@ def sample_trajectories(
         raise ValueError("no requests to roll out")
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for a stochastic policy, got {eta}")
-    sampler._validate(requests)
-    prompts = list(dict.fromkeys(r.prompt for r in requests))
-    embeds, text_ids = sampler.encode_prompts(prompts)
-    image_latents, image_ids = sampler.encode_reference_images([r.image for r in requests])
+    sampler.validate(requests)
     rows = [(index, seed) for index, request in enumerate(requests) for seed in request.seeds]
-    row_requests = [requests[i] for i, _ in rows]
+    cond = sampler.rows_conditioning(sampler.encode_requests(requests), rows)
     device = sampler.device
-    prompt_index = torch.tensor([prompts.index(r.prompt) for r in row_requests], device=device)
-    image_index = torch.tensor([i for i, _ in rows], device=device)
-    cond = sampler.conditioning(
-        row_requests,
-        prompt_embeds=embeds[prompt_index],
-        text_ids=text_ids[prompt_index],
-        image_latents=image_latents[image_index],
-        image_ids=image_ids[image_index],
-    )
     seeds = [seed for _, seed in rows]
     latents = sampler.initial_latents(seeds, cond.width, cond.height).float()
     scheduler, timesteps = sampler.schedule(requests[0].steps, cond.width, cond.height)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import Flux2KleinPipeline
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
@@ -122,3 +123,38 @@ def merge_lora(
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     return out
+
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def trainable_pipeline(
+    model: str,
+    *,
+    device: torch.device,
+    mixed_precision: str,
+    rank: int,
+    alpha: float,
+    targets: Sequence[str],
+    seed: int,
+    fused_loras: Sequence[str] = (),
+    gradient_checkpointing: bool = False,
+) -> Flux2KleinPipeline:
+    """The editor pipeline ready for LoRA training: base weights in the precision's dtype (earlier LoRAs
+    fused in), VAE and text encoder frozen, one seeded adapter added (its init is part of the run, the same
+    on every rank) and kept in float32 under mixed precision."""
+    pipe = load_pipeline(model, WEIGHT_DTYPES[mixed_precision])
+    pipe.set_progress_bar_config(disable=True)
+    if fused_loras:
+        fuse_loras(pipe, fused_loras, 1.0)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    pipe.to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        add_lora(pipe.transformer, rank=rank, alpha=alpha, targets=targets)
+    if mixed_precision != "no":
+        cast_training_params(pipe.transformer, dtype=torch.float32)
+    if gradient_checkpointing:
+        pipe.transformer.enable_gradient_checkpointing()
+    return pipe

@@ -25,14 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers.training_utils import cast_training_params
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from etchr.imaging import ImageLimits, encode_png_base64
 from etchr.settings import CommonSettings
 from etchr.tasks import TaskRegistry
-from etchr_editor.model import fuse_loras, load_pipeline
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.train.checkpoints import (
     MetricsLog,
@@ -42,14 +40,13 @@ from etchr_editor.train.checkpoints import (
 )
 from etchr_editor.train.distributed import end_training
 from etchr_editor.train.examples import TrainingBatch, load_examples, micro_batches
-from etchr_editor.train.lora import DEFAULT_TARGETS, add_lora, lora_parameters, save_lora
+from etchr_editor.train.lora import DEFAULT_TARGETS, lora_parameters, save_lora, trainable_pipeline
 from etchr_editor.train.rollouts import Trajectories, sample_trajectories
 from etchr_editor.train.sft import MixedPrecision, resolve_mixed_precision
 from etchr_reward.client import RewardClient, RewardResult, RewardServiceError
 
 logger = logging.getLogger("etchr.train.rl")
 
-_WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _STRUCTURAL = ("model", "lora", "rank", "alpha", "targets")
 
 
@@ -160,21 +157,18 @@ def train_rl(config: RLConfig) -> RLResult:
     tasks = TaskRegistry.from_file(config.tasks_file or settings.tasks_file)
     examples = load_examples(config.data, tasks, max_pixels=config.resolution**2, require_target=False)
 
-    pipe = load_pipeline(config.model, _WEIGHT_DTYPES[mixed_precision])
-    pipe.set_progress_bar_config(disable=True)
-    if config.lora:  # the Stage I policy becomes the base: the reference policy of the KL term
-        fuse_loras(pipe, config.lora, 1.0)
-    pipe.vae.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
-    pipe.to(accelerator.device)
+    pipe = trainable_pipeline(  # a Stage I LoRA is fused: the reference policy of the KL term
+        config.model,
+        device=accelerator.device,
+        mixed_precision=mixed_precision,
+        rank=config.rank,
+        alpha=config.alpha,
+        targets=config.targets,
+        seed=config.seed,
+        fused_loras=config.lora,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
     transformer = pipe.transformer
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        add_lora(transformer, rank=config.rank, alpha=config.alpha, targets=config.targets)
-    if mixed_precision != "no":
-        cast_training_params(transformer, dtype=torch.float32)
-    if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
     sampler = BatchedSampler(pipe, device=accelerator.device)
     params = lora_parameters(transformer)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)

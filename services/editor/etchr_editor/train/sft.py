@@ -26,14 +26,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import cast_training_params, compute_density_for_timestep_sampling
+from diffusers.training_utils import compute_density_for_timestep_sampling
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from etchr.imaging import ImageLimits
 from etchr.settings import CommonSettings
 from etchr.tasks import TaskRegistry
-from etchr_editor.model import load_pipeline
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.train.checkpoints import (
     MetricsLog,
@@ -43,12 +42,11 @@ from etchr_editor.train.checkpoints import (
 )
 from etchr_editor.train.distributed import end_training
 from etchr_editor.train.examples import TrainingBatch, load_examples, micro_batches
-from etchr_editor.train.lora import DEFAULT_TARGETS, add_lora, lora_parameters, save_lora
+from etchr_editor.train.lora import DEFAULT_TARGETS, lora_parameters, save_lora, trainable_pipeline
 
 logger = logging.getLogger("etchr.train.sft")
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
-_WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What must match for a checkpoint to be resumed: the adapter's shape and what it was trained on top of.
 _STRUCTURAL = ("model", "rank", "lora_alpha", "targets")
 
@@ -196,19 +194,17 @@ def train_sft(config: SFTConfig) -> SFTResult:
     tasks = TaskRegistry.from_file(config.tasks_file or settings.tasks_file)
     examples = load_examples(config.data, tasks, max_pixels=config.resolution**2)
 
-    pipe = load_pipeline(config.model, _WEIGHT_DTYPES[mixed_precision])
-    pipe.set_progress_bar_config(disable=True)
-    pipe.vae.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
-    pipe.to(accelerator.device)
+    pipe = trainable_pipeline(
+        config.model,
+        device=accelerator.device,
+        mixed_precision=mixed_precision,
+        rank=config.rank,
+        alpha=config.lora_alpha,
+        targets=config.targets,
+        seed=config.seed,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
     transformer = pipe.transformer
-    with torch.random.fork_rng(devices=[]):  # the adapter's init is part of the run: seeded, on every rank
-        torch.manual_seed(config.seed)
-        add_lora(transformer, rank=config.rank, alpha=config.lora_alpha, targets=config.targets)
-    if mixed_precision != "no":
-        cast_training_params(transformer, dtype=torch.float32)  # LoRA weights train in fp32
-    if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
     sampler = BatchedSampler(pipe, device=accelerator.device)
 
     embeddings = PromptEmbeddings(sampler)

@@ -248,6 +248,11 @@ class MLLMClient:
     def configured(self) -> bool:
         return bool(self._backends)
 
+    def require_configured(self) -> None:
+        """Raise :class:`MLLMNotConfigured` now, before a caller spends work (an edit) it could not use."""
+        if not self._backends:
+            raise MLLMNotConfigured(self._not_configured)
+
     @property
     def labels(self) -> list[str]:
         return [backend.label for backend in self._backends]
@@ -265,8 +270,7 @@ class MLLMClient:
 
         ``n`` is asked for in one request; a backend that answers fewer choices is asked again for the rest.
         """
-        if not self._backends:
-            raise MLLMNotConfigured(self._not_configured)
+        self.require_configured()
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         texts: list[str] = []

@@ -175,8 +175,11 @@ def test_mllm_failing_is_503_not_a_made_up_answer(
 
 def test_no_mllm_configured_is_503_saying_what_to_set(verifier: VerifierFactory) -> None:
     url = verifier(mllm_base_url=[])
-    error = assert_error(ask(url), 503, "mllm_not_configured")
-    assert "ETCHR_MLLM_BASE_URL" in error["message"]
+    for mode in ("evr", "edit", "direct"):
+        error = assert_error(ask(url, mode=mode), 503, "mllm_not_configured")
+        assert "ETCHR_MLLM_BASE_URL" in error["message"]
+    exposition = httpx.get(f"{url}/metrics").text
+    assert 'etchr_verifier_stage_seconds_count{stage="edit"}' not in exposition  # no edit was asked for
     ready = assert_error(httpx.get(f"{url}/readyz"), 503, "not_ready")
     assert "ETCHR_MLLM_BASE_URL" in ready["message"]
 

@@ -84,6 +84,7 @@ class EVRPipeline:
         self.temperature = temperature
 
     async def answer(self, request: AnswerRequest, image: Image.Image, *, request_id: str) -> AnswerResponse:
+        self.mllm.require_configured()  # every mode reasons with U: fail before asking for a GPU edit
         trace = _Trace(self.metrics)
         started = time.perf_counter()
         original = encode_png(image)

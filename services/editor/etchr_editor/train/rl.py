@@ -103,9 +103,8 @@ class RLResult:
 
 @dataclass
 class _Group:
-    """One chunk of rollouts (one or more groups) and, once scored, its advantages."""
+    """One group's recorded rollouts, its reward request in flight and, once scored, its advantages."""
 
-    batch: TrainingBatch
     trajectories: Trajectories
     reward: Future[RewardResult]
     advantages: torch.Tensor | None = None
@@ -271,7 +270,7 @@ def _train_step(config: RLConfig, step: int, batch: TrainingBatch, parts: _Parts
         future = parts.scorer.submit(
             parts.client.reward, items, alpha=config.reward_alpha, k=config.k, advantage="pref-grpo"
         )
-        groups.append(_Group(batch=single, trajectories=rollouts, reward=future))
+        groups.append(_Group(trajectories=rollouts, reward=future))
 
     waited = time.perf_counter()
     rewards: list[float] = []

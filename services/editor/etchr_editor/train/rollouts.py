@@ -83,61 +83,38 @@ class Trajectories:
     def steps(self) -> int:
         return self.latents.shape[0]
 
-    @property
-    def rows(self) -> int:
-        return self.latents.shape[1]
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[1]) if self.sigmas.numel() > 1 else 1.0
-
-    def select(self, rows: Sequence[int]) -> Trajectories:
-        """A subset of rows (e.g. one micro-batch of the update), conditioning included."""
-        index = torch.tensor(list(rows), device=self.latents.device)
-        cond = self.cond
-
-        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
-            return None if value is None else value[index]
-
-        chosen = Conditioning(
-            prompt_embeds=cond.prompt_embeds[index],
-            text_ids=cond.text_ids[index],
-            negative_embeds=pick(cond.negative_embeds),
-            negative_text_ids=pick(cond.negative_text_ids),
-            image_latents=cond.image_latents[index],
-            image_ids=cond.image_ids[index],
-            latent_ids=cond.latent_ids[index],
-            guidance=pick(cond.guidance),
-            width=cond.width,
-            height=cond.height,
-        )
-        return Trajectories(
-            cond=chosen,
-            sigmas=self.sigmas,
-            timesteps=self.timesteps,
-            latents=self.latents[:, index],
-            next_latents=self.next_latents[:, index],
-            log_probs=self.log_probs[:, index],
-            images=[self.images[i] for i in rows],
-            eta=self.eta,
-        )
-
     def step_log_prob(
         self, sampler: BatchedSampler, step: int, *, transformer: torch.nn.Module | None = None
     ) -> SDEStep:
         """The SDE step ``step`` of every row re-evaluated under ``transformer`` (the current policy)."""
         x = self.latents[step]
         velocity = sampler.velocity(self.cond, x, self.timesteps[step], transformer=transformer)
-        rows = x.shape[0]
-        return sde_step(
-            velocity,
-            x,
-            self.sigmas[step].expand(rows).view(rows, 1, 1),
-            self.sigmas[step + 1].expand(rows).view(rows, 1, 1),
-            eta=self.eta,
-            sigma_max=self.sigma_max,
-            prev=self.next_latents[step],
-        )
+        return _sde_step_at(velocity, x, self.sigmas, step, eta=self.eta, prev=self.next_latents[step])
+
+
+def _sde_step_at(
+    velocity: torch.Tensor,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    step: int,
+    *,
+    eta: float,
+    noise: torch.Tensor | None = None,
+    prev: torch.Tensor | None = None,
+) -> SDEStep:
+    """``sde_step`` at denoising step ``step`` of the schedule ``sigmas``, for every row of ``latents``."""
+    rows = latents.shape[0]
+    sigma_max = float(sigmas[1]) if sigmas.numel() > 1 else 1.0
+    return sde_step(
+        velocity,
+        latents,
+        sigmas[step].expand(rows).view(rows, 1, 1),
+        sigmas[step + 1].expand(rows).view(rows, 1, 1),
+        eta=eta,
+        sigma_max=sigma_max,
+        noise=noise,
+        prev=prev,
+    )
 
 
 def step_noise_seed(seed: int, step: int) -> int:
@@ -170,21 +147,11 @@ def sample_trajectories(
     latents = sampler.initial_latents(seeds, cond.width, cond.height).float()
     scheduler, timesteps = sampler.schedule(requests[0].steps, cond.width, cond.height)
     sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
-    sigma_max = float(sigmas[1]) if sigmas.numel() > 1 else 1.0
-    count = len(rows)
     recorded, following, log_probs = [], [], []
     for k, t in enumerate(timesteps):
         velocity = sampler.velocity(cond, latents, t, transformer=transformer)
         noise = torch.cat([_noise(latents.shape[1:], step_noise_seed(seed, k)) for seed in seeds]).to(device)
-        step = sde_step(
-            velocity,
-            latents,
-            sigmas[k].expand(count).view(count, 1, 1),
-            sigmas[k + 1].expand(count).view(count, 1, 1),
-            eta=eta,
-            sigma_max=sigma_max,
-            noise=noise,
-        )
+        step = _sde_step_at(velocity, latents, sigmas, k, eta=eta, noise=noise)
         recorded.append(latents)
         following.append(step.prev)
         log_probs.append(step.log_prob)

@@ -347,6 +347,7 @@ _PUNCT = re.compile(r"(?P<keep>(?<=\d)[.,/:](?=\d)|(?<!\w)[-+](?=\d))|[^\w\s]|_"
 _ARTICLES = frozenset({"a", "an", "the"})
 _SYNONYMS: Mapping[str, str] = MappingProxyType({"true": "yes", "false": "no"})
 _OPEN_ANSWER_MIN_WORDS = 4
+_DEFAULT_REL_TOL = 0.05  # ChartQA's relaxed accuracy
 
 
 def normalize_answer(text: str) -> str:
@@ -716,18 +717,24 @@ def match_answer(
     *,
     scorer: str | Scorer | None = "auto",
     meta: Mapping[str, Any] | None = None,
-    rel_tol: float = 0.05,
+    rel_tol: float | None = None,
 ) -> Match:
     """Whether the raw model text ``prediction`` answers ``expected`` correctly, by the named rule.
 
     ``scorer`` and ``meta`` are the manifest row's fields (SPEC §9); ``None`` means ``auto``. The final answer
-    is extracted inside, so callers pass the raw response. Raises :class:`ValueError` for an unknown scorer,
-    an empty expected answer or malformed ground truth, never for a bad prediction.
+    is extracted inside, so callers pass the raw response. ``rel_tol`` is the numeric rule's relative band;
+    ``None`` takes the row's ``meta.rel_tol`` (a benchmark graded on exact values sets 0), else 5 %. Raises
+    :class:`ValueError` for an unknown scorer, an empty expected answer or malformed ground truth, never for
+    a bad prediction.
     """
     try:
         kind = Scorer(str(scorer or "auto").strip().lower())
     except ValueError:
         raise ValueError(f"unknown scorer {scorer!r}; valid: {', '.join(s.value for s in Scorer)}") from None
+    if rel_tol is None:
+        rel_tol = (meta or {}).get("rel_tol", _DEFAULT_REL_TOL)
+        if isinstance(rel_tol, bool) or not isinstance(rel_tol, int | float) or not math.isfinite(rel_tol):
+            raise ValueError("meta 'rel_tol' must be a number >= 0")
     if rel_tol < 0:
         raise ValueError("rel_tol must be >= 0")
     expected = expected.strip()

@@ -193,7 +193,9 @@ def data_build(
 
 @data_app.command("import")
 def data_import(
-    benchmark: Annotated[str, typer.Argument(help="vstar, hrbench, chartqa, charxiv or viewspatial")],
+    benchmark: Annotated[
+        str, typer.Argument(help="vstar, hrbench, chartqa, charxiv, charxiv-descriptive or viewspatial")
+    ],
     source: Annotated[Path, typer.Option(help="the benchmark as you downloaded it (file or folder)")],
     out: Annotated[Path, typer.Option(help="output directory")],
     seed: Annotated[int, typer.Option(help="option shuffling seed (V*)")] = 0,

@@ -312,6 +312,83 @@ def test_charxiv_errors(tmp_path: Path) -> None:
         import_benchmark("charxiv", root, tmp_path / "out")
 
 
+def _charxiv_descriptive(root: Path) -> Path:
+    """Three figures in the release's layout: a single plot, a grid cell, a subplot named in words."""
+    records = {
+        "0": {"figure_id": 0, "num_subplots": 2, "subplot_loc": [1, 2], "qids": [7, 13, 11, 15]}
+        | {"answers": ["60", "Ft-CNN, iCaRL*, Ours-AL", "Yes", "Not Applicable"]},
+        "2": {"figure_id": 2, "num_subplots": 1, "subplot_loc": [0, 0], "qids": [2, 8, 18, 16]}
+        | {"answers": ["W_H", "0.1", "1 by 1", "decreases then increases"]},
+        "62": {"figure_id": 62, "num_subplots": 3, "subplot_loc": "the bottom subplot", "qids": [19, 4]}
+        | {"answers": ["3", "10"]},
+    }
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "descriptive_val.json").write_text(json.dumps(records))
+    for key in records:
+        _png(root / "images" / f"{key}.jpg")
+    return root
+
+
+def test_charxiv_descriptive(tmp_path: Path) -> None:
+    source = _charxiv_descriptive(tmp_path / "CharXiv")
+    manifest = import_benchmark("charxiv-descriptive", source, tmp_path / "out")
+    rows = _rows(manifest)
+    assert len(rows) == 10  # one row per (figure, template), in the file's order
+    assert [row.meta["source"]["id"] for row in rows[:5]] == ["0_0", "0_1", "0_2", "0_3", "2_0"]
+    assert {row.meta["source"]["benchmark"] for row in rows} == {"charxiv"}
+    assert rows[0].image.endswith("images/0.jpg") and rows[9].image.endswith("images/62.jpg")
+    by_id = {row.meta["source"]["id"]: row for row in rows}
+    highest = by_id["0_0"]
+    assert highest.question.startswith("For the subplot at row 1 and column 2, what is the spatially highest")
+    assert highest.meta["source"]["category"] == "highest y tick" and highest.meta["template"] == 7
+    assert by_id["2_0"].question.startswith("For the current plot, what is the label of the x-axis?")
+    assert by_id["62_1"].question.startswith("For the bottom subplot, what is the leftmost labeled tick")
+    assert by_id["2_2"].question.startswith("What is the layout of the subplots?")  # no subplot prefix
+    # Exact values: a tick step of 0.1 is not 0.104, though ChartQA's 5 % would accept it.
+    step = by_id["2_1"]
+    assert match_answer("Answer: 0.10", step.answer, scorer=step.scorer, meta=step.meta).correct is True
+    assert match_answer("Answer: 0.104", step.answer, scorer=step.scorer, meta=step.meta).correct is False
+    colorbar = by_id["0_3"]
+    assert match_answer("Not Applicable", colorbar.answer, scorer=colorbar.scorer, meta=colorbar.meta).correct
+    assert match_answer("1.0", colorbar.answer, scorer=colorbar.scorer, meta=colorbar.meta).correct is False
+    intersect = by_id["0_2"]
+    assert match_answer("Yes, two lines cross.", intersect.answer, meta=intersect.meta).correct is True
+    assert match_answer("1 by 1", by_id["2_2"].answer, meta=by_id["2_2"].meta).correct is True
+    trend = by_id["2_3"]  # wording varies too much for rules: a judge decides
+    assert trend.scorer == "judge"
+    judged = match_answer("falls, then rises", trend.answer, scorer=trend.scorer, meta=trend.meta)
+    assert judged.correct is None
+
+
+def test_charxiv_descriptive_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"descriptive_val\.json"):
+        import_benchmark("charxiv-descriptive", tmp_path, tmp_path / "out")
+    root = _charxiv_descriptive(tmp_path / "CharXiv")
+    questions = root / "data" / "descriptive_val.json"
+    records = json.loads(questions.read_text())
+    with pytest.raises(ValueError, match="import it as 'charxiv-descriptive'"):
+        import_benchmark("charxiv", questions, tmp_path / "out")
+    reasoning = _charxiv(tmp_path / "reasoning") / "data" / "reasoning_val.json"
+    with pytest.raises(ValueError, match="import it as 'charxiv'"):
+        import_benchmark("charxiv-descriptive", reasoning, tmp_path / "out")
+    cases = [
+        ({"qids": [7, 99], "answers": ["1", "2"]}, "template id 99"),
+        ({"qids": [7, 8], "answers": ["1"]}, "same length"),
+        ({"subplot_loc": [1]}, "subplot_loc"),
+        ({"answers": None, "qids": None}, "same length"),
+    ]
+    for change, message in cases:
+        broken = {**records, "2": {**records["2"], **change}}
+        questions.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=message):
+            import_benchmark("charxiv-descriptive", root, tmp_path / "out")
+    test_split = {key: {k: v for k, v in record.items() if k != "answers"} for key, record in records.items()}
+    questions.write_text(json.dumps(test_split))
+    with pytest.raises(ValueError, match="test answers are not public"):
+        import_benchmark("charxiv-descriptive", root, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()  # nothing written on any error
+
+
 # ------------------------------------------------------------------------------------ ViewSpatial-Bench
 
 
@@ -383,7 +460,7 @@ def test_viewspatial_errors(tmp_path: Path) -> None:
 
 
 def test_registry_and_unknown_name(tmp_path: Path) -> None:
-    assert set(IMPORTERS) == {"vstar", "hrbench", "chartqa", "charxiv", "viewspatial"}
+    assert set(IMPORTERS) == {"vstar", "hrbench", "chartqa", "charxiv", "charxiv-descriptive", "viewspatial"}
     with pytest.raises(TypeError):
         IMPORTERS["x"] = IMPORTERS["vstar"]  # type: ignore[index]
     with pytest.raises(ValueError, match="unknown benchmark 'mmbench'; known: vstar, hrbench"):

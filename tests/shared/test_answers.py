@@ -252,6 +252,18 @@ def test_numeric_tolerance_is_configurable() -> None:
         match_answer("1", "1", scorer="numeric", rel_tol=-0.1)
 
 
+def test_row_sets_numeric_tolerance_in_meta() -> None:
+    """A benchmark graded on exact values (CharXiv descriptive) carries ``meta.rel_tol = 0``."""
+    exact = {"rel_tol": 0}
+    assert match_answer("0.21", "0.2", meta=exact).correct is False
+    assert match_answer("0.20", "0.2", meta=exact).correct is True  # same value, other spelling
+    assert match_answer("0.21", "0.2").correct is True  # default: ChartQA's 5 %
+    assert match_answer("0.21", "0.2", meta=exact, rel_tol=0.1).correct is True  # the argument wins
+    for bad in ("5%", True, -1, float("nan")):
+        with pytest.raises(ValueError, match="rel_tol"):
+            match_answer("1", "1", meta={"rel_tol": bad})
+
+
 @pytest.mark.parametrize(
     ("prediction", "expected", "correct", "rule"),
     [

@@ -344,6 +344,8 @@ def _charxiv_rows(questions: Path, images: Path, out: Path) -> Iterable[Manifest
         raise ValueError(f"{questions}: not a JSON object; expected {expected}")
     for key, record in records.items():
         where = f"{questions}[{key!r}]"
+        if isinstance(record, dict) and "qids" in record:
+            raise ValueError(f"{where}: a descriptive question set; import it as 'charxiv-descriptive'")
         if not isinstance(record, dict) or "answer" not in record:
             raise ValueError(
                 f"{where}: no 'answer' (CharXiv's test answers are not public; use the val split)"
@@ -372,11 +374,181 @@ def import_charxiv(source: Path, out: Path, *, seed: int = 0, limit: int | None 
     source = Path(source)
     names = ("reasoning_val.json", "data/reasoning_val.json")
     questions = _find(source, names, "CharXiv's reasoning_val.json")
+    images = _charxiv_images(source, questions)
+    return _write(out, _limited(_charxiv_rows(questions, images, Path(out)), limit))
+
+
+def _charxiv_images(source: Path, questions: Path) -> Path:
+    """The release keeps figures in ``images/`` beside ``data/``; users may also put them next to the JSON."""
     candidates = [questions.parent / "images", questions.parent.parent / "images", source / "images"]
     images = next((d for d in candidates if d.is_dir()), None)
     if images is None:
         raise ValueError(f"{questions.parent}: no images/ folder found; expected CharXiv's <figure_id>.jpg")
-    return _write(out, _limited(_charxiv_rows(questions, images, Path(out)), limit))
+    return images
+
+
+# CharXiv's descriptive questions come from 19 templates (the file stores only template ids), asked about one
+# subplot: (category, question). The wording is ours; the asks and their answer conventions follow the
+# benchmark's templates ("Not Applicable" when the plot has no such element). "{where}" becomes the subplot.
+_CHARXIV_DESCRIPTIVE: Mapping[int, tuple[str, str]] = MappingProxyType(
+    {
+        1: (
+            "title",
+            "{where}what is its title? Give the title exactly as it is written. If the plot has no explicit "
+            "title, or only a letter, answer 'Not Applicable'.",
+        ),
+        2: (
+            "x-axis label",
+            "{where}what is the label of the x-axis? Give it as written; a label shared by several subplots "
+            "counts, and if there are x-axes at the top and bottom, use the bottom one. If there is no "
+            "explicit x-axis label, answer 'Not Applicable'.",
+        ),
+        3: (
+            "y-axis label",
+            "{where}what is the label of the y-axis? Give it as written; a label shared by several subplots "
+            "counts, and if there are y-axes on the left and right, use the left one. If there is no "
+            "explicit y-axis label, answer 'Not Applicable'.",
+        ),
+        4: ("leftmost x tick", "{where}what is the leftmost labeled tick on the x-axis?{x_tick}"),
+        5: ("rightmost x tick", "{where}what is the rightmost labeled tick on the x-axis?{x_tick}"),
+        6: ("lowest y tick", "{where}what is the spatially lowest labeled tick on the y-axis?{y_tick}"),
+        7: ("highest y tick", "{where}what is the spatially highest labeled tick on the y-axis?{y_tick}"),
+        8: (
+            "x tick step",
+            "{where}what is the difference between consecutive numerical tick values on the x-axis?{x_tick} "
+            "If the ticks are not explicit, not numerical or not evenly spaced, answer 'Not Applicable'.",
+        ),
+        9: (
+            "y tick step",
+            "{where}what is the difference between consecutive numerical tick values on the y-axis?{y_tick} "
+            "If the ticks are not explicit, not numerical or not evenly spaced, answer 'Not Applicable'.",
+        ),
+        10: (
+            "line count",
+            "{where}how many lines are there? Ignore grid lines, tick marks and vertical or horizontal "
+            "auxiliary lines. If it is not a line plot, answer 'Not Applicable'.",
+        ),
+        11: (
+            "lines intersect",
+            "{where}do any lines intersect? Answer 'Yes' or 'No', ignoring grid lines, tick marks and "
+            "vertical or horizontal auxiliary lines. If it is not a line plot, answer 'Not Applicable'.",
+        ),
+        12: (
+            "legend count",
+            "{where}how many discrete labels are there in the legend? Count only the labels relevant to this "
+            "plot, even if the legend lies outside it. If there is no relevant legend, answer "
+            "'Not Applicable'.",
+        ),
+        13: (
+            "legend labels",
+            "{where}what are the names of the labels in the legend? List them from top to bottom, then left "
+            "to right, separated by commas, counting only labels relevant to this plot. If there is no "
+            "relevant legend, answer 'Not Applicable'.",
+        ),
+        14: (
+            "colorbar range",
+            "{where}what is the difference between the maximum and minimum tick labels of the continuous "
+            "legend (colorbar)? Leave out any percent sign. If there is no relevant colorbar, answer "
+            "'Not Applicable'.",
+        ),
+        15: (
+            "colorbar max",
+            "{where}what is the maximum tick label of the continuous legend (colorbar)? Leave out any "
+            "percent sign. If there is no relevant colorbar, answer 'Not Applicable'.",
+        ),
+        16: (
+            "trend",
+            "{where}what is the general trend of the data from left to right? Answer in a few words, such as "
+            "'increases' or 'increases then stabilizes'.",
+        ),
+        17: (
+            "tick count",
+            "{where}what is the total number of explicitly labeled ticks across all axes, counting axes "
+            "shared by several subplots?",
+        ),
+        18: (
+            "layout",
+            "What is the layout of the subplots? Answer 'n by m' with n rows and m columns; a plot without "
+            "subplots is '1 by 1'.",
+        ),
+        19: ("subplot count", "How many subplots are there? A plot without subplots counts as 1."),
+    }
+)
+_TICK_NOTE = (
+    " Give the tick value as written; an axis shared by several subplots counts, and if there are {axes}, "
+    "use the {side} one. Leave out units or scales written apart from the tick (in the axis label or a "
+    "corner)."
+)
+_X_TICK = _TICK_NOTE.format(axes="x-axes at the top and bottom", side="bottom")
+_Y_TICK = _TICK_NOTE.format(axes="y-axes on the left and right", side="left")
+# "rises then plateaus" means "increases then stabilizes": only a judge can tell
+_CHARXIV_JUDGED = frozenset({16})
+
+
+def _charxiv_where(subplot: Any, where: str) -> str:
+    """The question's subject: the whole plot, the subplot at a grid cell, or a subplot named in words."""
+    if isinstance(subplot, str) and subplot.strip():
+        return f"For {subplot.strip()}, "
+    if (
+        isinstance(subplot, list)
+        and len(subplot) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in subplot)
+    ):
+        if subplot[0] == 0:
+            return "For the current plot, "
+        return f"For the subplot at row {subplot[0]} and column {subplot[1]}, "
+    raise ValueError(f"{where}: field 'subplot_loc' must be [row, column] or a description, got {subplot!r}")
+
+
+def _charxiv_descriptive_rows(questions: Path, images: Path, out: Path) -> Iterable[ManifestRow]:
+    expected = 'a JSON object keyed by figure id of {"figure_id", "subplot_loc", "qids", "answers"}'
+    records = _load_json(questions, expected)
+    if not isinstance(records, dict):
+        raise ValueError(f"{questions}: not a JSON object; expected {expected}")
+    for key, record in records.items():
+        where = f"{questions}[{key!r}]"
+        if isinstance(record, dict) and "query" in record:
+            raise ValueError(f"{where}: a reasoning question; import it as 'charxiv'")
+        if not isinstance(record, dict) or "answers" not in record:
+            raise ValueError(
+                f"{where}: no 'answers' (CharXiv's test answers are not public; use the val split)"
+            )
+        figure = _text(record, "figure_id", where)
+        image = _need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}")
+        qids, answers = record.get("qids"), record.get("answers")
+        if not isinstance(qids, list) or not isinstance(answers, list) or len(qids) != len(answers):
+            raise ValueError(f"{where}: 'qids' and 'answers' must be lists of the same length")
+        subject = _charxiv_where(record.get("subplot_loc"), where)
+        for i, (qid, answer) in enumerate(zip(qids, answers, strict=True)):
+            template = _CHARXIV_DESCRIPTIVE.get(qid) if isinstance(qid, int) else None
+            if template is None:
+                raise ValueError(f"{where}: template id {qid!r} is not one of CharXiv's 1-19")
+            category, wording = template
+            yield ManifestRow(
+                id=f"charxiv-descriptive-{figure}-{i}",
+                task="chart",
+                image=_rel(image, out),
+                question=wording.format(where=subject, x_tick=_X_TICK, y_tick=_Y_TICK),
+                answer=_text({"answer": answer}, "answer", f"{where} answer {i}"),
+                scorer="judge" if qid in _CHARXIV_JUDGED else "auto",
+                meta={
+                    "figure_id": record.get("figure_id"),
+                    "template": qid,
+                    "subplot_loc": record.get("subplot_loc"),
+                    "rel_tol": 0,  # descriptive answers are graded on exact values (ticks, counts)
+                    # the official response key, so results can be graded by the benchmark's own scripts
+                    "source": _source("charxiv", "id", f"{figure}_{i}", category),
+                },
+            )
+
+
+def import_charxiv_descriptive(source: Path, out: Path, *, seed: int = 0, limit: int | None = None) -> Path:
+    """CharXiv descriptive questions: ``descriptive_val.json`` (in the folder or ``data/``), ``images/``."""
+    source = Path(source)
+    names = ("descriptive_val.json", "data/descriptive_val.json")
+    questions = _find(source, names, "CharXiv's descriptive_val.json")
+    images = _charxiv_images(source, questions)
+    return _write(out, _limited(_charxiv_descriptive_rows(questions, images, Path(out)), limit))
 
 
 # ------------------------------------------------------------------------------------- ViewSpatial-Bench
@@ -443,7 +615,7 @@ def _viewspatial_rows(questions: Path, source: Path, out: Path) -> Iterable[Mani
             "source": _source("viewspatial", "index", i, record.get("question_type")),
         }
         if len(images) > 1:
-            meta["images"] = images  # scene-simulation questions show several frames; the first is `image`
+            meta["images"] = images  # kept should a question list several; the verifier takes one: the first
         yield ManifestRow(
             id=f"viewspatial-{i}",
             task="3d",
@@ -471,6 +643,7 @@ IMPORTERS: Mapping[str, Callable[..., Path]] = MappingProxyType(
         "hrbench": import_hrbench,
         "chartqa": import_chartqa,
         "charxiv": import_charxiv,
+        "charxiv-descriptive": import_charxiv_descriptive,
         "viewspatial": import_viewspatial,
     }
 )

@@ -24,8 +24,8 @@ def make_manifest(root: Path) -> Path:
         [
             ("logic", "B", "option", {"path": [[0, 0], [0, 1], [1, 1]]}),
             ("logic", "B", "option", {"path": [[0, 0], [0, 1], [0, 2], [1, 2], [2, 2]]}),
-            ("chart", "42", None, None),
-            ("perception", "a red bicycle leaning on the wall", None, None),
+            ("chart", "42", None, {"source": {"benchmark": "chartqa", "id": 7, "category": "human"}}),
+            ("perception", "a red bicycle leaning on the wall", None, {"source": {"benchmark": "vstar"}}),
         ]
     ):
         (root / "images" / f"{i}.png").write_bytes(base64.b64decode(png_b64(64 + 16 * i, 64)))
@@ -83,10 +83,22 @@ def test_eval_scores_writes_the_table_and_resumes(
         "edit_used": 100.0,
     }
 
+    # Imported rows keep meta.source, so results group the way each benchmark reports them.
+    assert results[("row2", "direct")].source == {"benchmark": "chartqa", "id": 7, "category": "human"}
+    assert results[("row0", "direct")].source is None
+    groups = {(r["mode"], r["group"]): r for r in summary["by_source"]}
+    assert set(groups) == {(m, g) for m in ("direct", "evr") for g in ("chartqa · human", "vstar")}
+    for (mode, group), cell in groups.items():
+        row = "row2" if group.startswith("chartqa") else "row3"
+        assert cell["n"] == 1 and cell["pass_at_1"] == 100.0 * results[(row, mode)].correct
+
     written = write_report(list(results.values()), out)
     assert json.loads(written["json"].read_text()) == summary
     table = written["md"].read_text()
     assert "| logic | 2 | 0.00 | 100.00 | +100.00 |" in table
+    by_source = table.split("## By benchmark and category (imported rows)")[1]
+    assert "| group | n | direct Pass@1 | evr Pass@1 | Δ evr |" in by_source
+    assert "| vstar | 1 | 0.00 | 0.00 | +0.00 |" in by_source and "overall" not in by_source
     for key in ("chart", "path_chart"):
         assert written[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

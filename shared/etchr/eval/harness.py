@@ -44,6 +44,7 @@ class RowResult(BaseModel):
     fallback_reason: str | None = None
     timings: dict[str, float] = {}
     path_length: int | None = None
+    source: dict[str, Any] | None = None  # an imported row's meta.source: benchmark, id, category
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Evaluator:
             fallback_reason=body.get("fallback_reason"),
             timings=body.get("timings", {}),
             path_length=path_length(row),
+            source=source if isinstance(source := (row.meta or {}).get("source"), dict) else None,
         )
 
     async def _judge(self, row: ManifestRow, raw: str) -> tuple[bool, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,44 +17,72 @@ def summarize(results: Sequence[RowResult]) -> dict[str, list[dict[str, object]]
     """``{"rows": [{"mode", "task", "n", "pass_at_1"}]}``: one row per mode × task, plus ``overall`` per mode.
 
     ``overall`` averages over rows (micro), like the per-task figures; evr rows also carry how often the edit
-    was used (``edit_used``).
+    was used (``edit_used``). Imported benchmarks add ``by_source``: the same figures per benchmark and
+    category (``meta.source``), the way each benchmark's paper reports them.
     """
+    summary = {"rows": _pass_rows(results, "task", lambda r: r.task)}
+    by_source = _pass_rows(results, "group", source_group, overall=False)
+    if by_source:
+        summary["by_source"] = by_source
+    return summary
+
+
+def source_group(result: RowResult) -> str | None:
+    """ "benchmark · category" of an imported row (``None`` for generated rows)."""
+    if not result.source or not result.source.get("benchmark"):
+        return None
+    category = result.source.get("category")
+    return f"{result.source['benchmark']} · {category}" if category else str(result.source["benchmark"])
+
+
+def _pass_rows(
+    results: Sequence[RowResult], field: str, key: Callable[[RowResult], str | None], *, overall: bool = True
+) -> list[dict[str, object]]:
     groups: dict[tuple[str, str], list[RowResult]] = defaultdict(list)
     for result in results:
-        groups[(result.mode, result.task)].append(result)
-        groups[(result.mode, OVERALL)].append(result)
+        name = key(result)
+        if name is not None:
+            groups[(result.mode, name)].append(result)
+            if overall:
+                groups[(result.mode, OVERALL)].append(result)
     rows: list[dict[str, object]] = []
-    for (mode, task), members in sorted(
+    for (mode, name), members in sorted(
         groups.items(), key=lambda kv: (_mode_order(kv[0][0]), kv[0][1] == OVERALL, kv[0][1])
     ):
         row: dict[str, object] = {
             "mode": mode,
-            "task": task,
+            field: name,
             "n": len(members),
             "pass_at_1": round(100 * sum(r.correct for r in members) / len(members), 2),
         }
         if mode != "direct":
             row["edit_used"] = round(100 * sum(r.used_edit for r in members) / len(members), 2)
         rows.append(row)
-    return {"rows": rows}
+    return rows
 
 
 def _mode_order(mode: str) -> int:
     return MODES.index(mode) if mode in MODES else len(MODES)
 
 
-def _axes(summary: dict[str, list[dict[str, object]]]) -> tuple[list[str], list[str]]:
-    """(modes in direct, edit, evr order; tasks sorted with ``overall`` last)."""
-    modes = sorted({str(r["mode"]) for r in summary["rows"]}, key=_mode_order)
-    tasks = sorted({str(r["task"]) for r in summary["rows"] if r["task"] != OVERALL})
-    return modes, [*tasks, OVERALL]
+def _axes(rows: list[dict[str, object]], field: str = "task") -> tuple[list[str], list[str]]:
+    """(modes in direct, edit, evr order; groups sorted, with ``overall`` last where there is one)."""
+    modes = sorted({str(r["mode"]) for r in rows}, key=_mode_order)
+    names = sorted({str(r[field]) for r in rows if r[field] != OVERALL})
+    return modes, [*names, OVERALL] if any(r[field] == OVERALL for r in rows) else names
 
 
-def markdown_table(summary: dict[str, list[dict[str, object]]]) -> str:
-    """Pass@1 per task (rows) and mode (columns), with Δ vs direct where direct was run."""
-    cells = {(r["mode"], r["task"]): r for r in summary["rows"]}
-    modes, tasks = _axes(summary)
-    header = ["task", "n", *(f"{mode} Pass@1" for mode in modes)]
+def markdown_table(
+    summary: dict[str, list[dict[str, object]]], part: str = "rows", field: str = "task"
+) -> str:
+    """Pass@1 per task (rows) and mode (columns), with Δ vs direct where direct was run.
+
+    ``part="by_source", field="group"`` gives the same table per benchmark and category.
+    """
+    rows = summary[part]
+    cells = {(r["mode"], r[field]): r for r in rows}
+    modes, tasks = _axes(rows, field)
+    header = [field, "n", *(f"{mode} Pass@1" for mode in modes)]
     if "direct" in modes:
         header += [f"Δ {mode}" for mode in modes if mode != "direct"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -107,6 +135,9 @@ def write_report(results: Sequence[RowResult], out: Path) -> dict[str, Path]:
     written["json"].write_text(json.dumps(summary, indent=2) + "\n")
     lengths = by_path_length(results)
     md = "# Pass@1\n\n" + markdown_table(summary)
+    if "by_source" in summary:
+        md += "\n## By benchmark and category (imported rows)\n\n"
+        md += markdown_table(summary, "by_source", "group")
     if lengths:
         md += (
             "\n## By route length (logic rows)\n\n| length | "
@@ -135,7 +166,7 @@ def _pyplot():
 
 def _bar_chart(summary: dict[str, list[dict[str, object]]], path: Path) -> None:
     plt = _pyplot()
-    modes, tasks = _axes(summary)
+    modes, tasks = _axes(summary["rows"])
     cells = {(r["mode"], r["task"]): float(r["pass_at_1"]) for r in summary["rows"]}  # type: ignore[arg-type]
     width = 0.8 / max(1, len(modes))
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks), 3.6))

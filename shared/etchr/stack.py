@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import redis
@@ -57,6 +57,7 @@ class ChildSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     url: str | None = None  # HTTP base URL for /healthz and /readyz; None for redis-server
     needs_ready: bool = True  # False: /healthz is enough (it cannot be ready, e.g. no MLLM configured)
+    stdin: str | None = None  # written to the child's stdin, then closed: secrets stay out of `ps`
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,20 @@ def plan_redis(url: str, problem: str | None, binary: str | None) -> ChildSpec |
     port = parts.port or 6379
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "-::1", "--save", "", "--appendonly", "no"]
     argv += ["--dir", tempfile.gettempdir(), "--loglevel", "warning"]
-    if parts.password:
-        argv += ["--requirepass", parts.password]
-    return ChildSpec(name="redis", argv=tuple(argv))
+    if not parts.password:
+        return ChildSpec(name="redis", argv=tuple(argv))
+    # The password goes in through a config read from stdin ("-"), not the command line anyone can `ps`.
+    config = f"requirepass {_redis_quoted(unquote(parts.password))}\n"
+    return ChildSpec(name="redis", argv=(binary, "-", *argv[1:]), stdin=config)
+
+
+def _redis_quoted(value: str) -> str:
+    """A redis.conf double-quoted string: \\ and \" escaped, bytes outside printable ASCII as \\xHH."""
+    escaped = []
+    for byte in value.encode():
+        char = chr(byte)
+        escaped.append("\\" + char if char in '\\"' else char if 0x20 <= byte < 0x7F else f"\\x{byte:02x}")
+    return '"' + "".join(escaped) + '"'
 
 
 def plan_services(
@@ -294,7 +306,7 @@ class Supervisor:
         proc = subprocess.Popen(
             spec.argv,
             env={**os.environ, **spec.env},
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if spec.stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -302,12 +314,15 @@ class Supervisor:
             bufsize=1,
             start_new_session=True,  # Ctrl-C in the terminal reaches the supervisor only
         )
+        if spec.stdin is not None:
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):  # a child that died at once is reported by the watcher
+                proc.stdin.write(spec.stdin)
+                proc.stdin.close()
         pump = threading.Thread(target=self._pump, args=(spec.name, proc), daemon=True)
         pump.start()
         self.children[spec.name] = _Child(spec, proc, pump)
         argv = ["etchr", *spec.argv[3:]] if spec.argv[1:3] == ("-m", "etchr.cli") else list(spec.argv)
-        if "--requirepass" in argv:
-            argv[argv.index("--requirepass") + 1] = "***"
         self.out.say(f"started {spec.name} (pid {proc.pid}): {shlex.join(argv)}")
 
     def _pump(self, name: str, proc: subprocess.Popen[str]) -> None:

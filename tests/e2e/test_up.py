@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
@@ -227,14 +228,46 @@ def test_missing_mllm_settings_come_from_the_environment(monkeypatch: pytest.Mon
 def test_redis_is_started_only_when_it_is_ours_to_start(redis_server: RedisServer) -> None:
     assert plan_redis(redis_server.url, None, "/usr/bin/redis-server") is None  # it answers: use it
     spec = plan_redis("redis://:s3cret@localhost:6390/2", "refused", "/usr/bin/redis-server")
-    assert spec is not None and spec.argv[:3] == ("/usr/bin/redis-server", "--port", "6390")
-    assert spec.argv[-2:] == ("--requirepass", "s3cret") and "--save" in spec.argv
+    assert spec is not None and spec.argv[:4] == ("/usr/bin/redis-server", "-", "--port", "6390")
+    assert "s3cret" not in " ".join(spec.argv) and "--save" in spec.argv
+    assert spec.stdin == 'requirepass "s3cret"\n'  # read by redis-server from stdin ("-")
+    plain = plan_redis("redis://localhost:6390/0", "refused", "/usr/bin/redis-server")
+    assert plain is not None and plain.stdin is None and "-" not in plain.argv
     for url in ("redis://cache.internal:6379/0", "rediss://localhost:6379/0", "unix:///run/redis.sock"):
         with pytest.raises(StackError, match="ETCHR_REDIS_URL"):
             plan_redis(url, "refused", "/usr/bin/redis-server")
     with pytest.raises(StackError, match="redis-server is not installed"):
         plan_redis("redis://localhost:6390/0", "refused", None)
     assert redact("redis://:s3cret@localhost:6390/2") == "redis://:***@localhost:6390/2"
+
+
+def test_started_redis_takes_its_password_from_stdin_not_the_command_line() -> None:
+    """The password (percent-decoded as redis-py does, quotes and all) is required; `ps` never shows it."""
+    password = 'p@ss wo"rd\\é'
+    url = f"redis://:{quote(password, safe='')}@127.0.0.1:{free_port()}/0"
+    spec = plan_redis(url, "refused", shutil.which("redis-server"))
+    assert spec is not None
+    out = io.StringIO()
+    supervisor = Supervisor(StackPlan(services=(), redis_url=url, redis=spec, editor_model="-"), out=out)
+
+    def check_then_interrupt() -> None:
+        try:
+            wait_until(lambda: "etchr-up | redis is up" in out.getvalue(), 30, "redis")
+            port = urlsplit(url).port
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(port=port).ping()
+            assert redis.from_url(url).ping()
+            pid = supervisor.children["redis"].proc.pid
+            assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            checked.set()
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    checked = threading.Event()
+    threading.Thread(target=check_then_interrupt, daemon=True).start()
+    assert supervisor.run() == 0, out.getvalue()
+    assert checked.is_set(), out.getvalue()
+    assert password not in out.getvalue() and quote(password, safe="") not in out.getvalue()
 
 
 def test_ports_in_use_are_refused_and_an_existing_redis_is_reused(redis_server: RedisServer) -> None:

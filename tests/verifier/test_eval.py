@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from etchr.data.manifest import ManifestRow, write_manifest
-from etchr.eval.harness import Evaluator, load_results
-from etchr.eval.report import summarize, write_report
+from etchr.eval.harness import Evaluator, RowResult, load_results
+from etchr.eval.report import markdown_table, summarize, write_report
 from tests.editor.test_api import png_b64
 from tests.support.mllm_server import Reply, ScriptedMLLM
 from tests.verifier.conftest import Script, VerifierFactory
@@ -79,6 +79,7 @@ def test_eval_scores_writes_the_table_and_resumes(
         "mode": "evr",
         "task": "overall",
         "n": 4,
+        "correct": 2,
         "pass_at_1": 50.0,
         "edit_used": 100.0,
     }
@@ -139,3 +140,16 @@ def test_eval_cli_records_nothing_for_failed_requests_and_a_rerun_finishes(
     assert up.returncode == 0, up.stdout + up.stderr
     assert "recorded 4, skipped 0" in up.stdout and "| **overall** | 4 |" in up.stdout
     assert (out / "summary.md").exists()
+
+
+def test_delta_is_computed_from_counts_not_rounded_rates() -> None:
+    def result(i: int, mode: str, correct: bool) -> RowResult:
+        return RowResult(
+            id=f"r{i}", mode=mode, task="chart", correct=correct, expected="1", answer="", raw_answer="",
+            used_edit=mode == "evr",
+        )  # fmt: skip
+
+    results = [result(i, "direct", i == 0) for i in range(3)] + [result(i, "evr", i < 2) for i in range(3)]
+    table = markdown_table(summarize(results))
+    # 66.67 - 33.33 would say +33.34; the true difference is 33.333…
+    assert "| chart | 3 | 33.33 | 66.67 | +33.33 |" in table

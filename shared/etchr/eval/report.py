@@ -14,7 +14,7 @@ OVERALL = "overall"
 
 
 def summarize(results: Sequence[RowResult]) -> dict[str, list[dict[str, object]]]:
-    """``{"rows": [{"mode", "task", "n", "pass_at_1"}]}``: one row per mode × task, plus ``overall`` per mode.
+    """``{"rows": [{"mode", "task", "n", "correct", "pass_at_1"}]}``: per mode × task, plus ``overall``.
 
     ``overall`` averages over rows (micro), like the per-task figures; evr rows also carry how often the edit
     was used (``edit_used``). Imported benchmarks add ``by_source``: the same figures per benchmark and
@@ -53,6 +53,7 @@ def _pass_rows(
             "mode": mode,
             field: name,
             "n": len(members),
+            "correct": sum(r.correct for r in members),
             "pass_at_1": round(100 * sum(r.correct for r in members) / len(members), 2),
         }
         if mode != "direct":
@@ -97,14 +98,15 @@ def markdown_table(
                 if mode == "direct":
                     continue
                 other = cells.get((mode, task))
-                deltas.append(
-                    f"{float(other['pass_at_1']) - float(direct['pass_at_1']):+.2f}"
-                    if other and direct
-                    else "–"
-                )
+                deltas.append(f"{_rate(other) - _rate(direct):+.2f}" if other and direct else "–")
         name = f"**{task}**" if task == OVERALL else task
         lines.append("| " + " | ".join([name, str(n), *values, *deltas]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rate(cell: dict[str, object]) -> float:
+    """Pass@1 in % from the counts: a Δ of two rounded rates could be off by 0.01."""
+    return 100 * int(cell["correct"]) / int(cell["n"])  # type: ignore[call-overload]
 
 
 def by_path_length(results: Sequence[RowResult]) -> dict[int, dict[str, float]]:

@@ -12,7 +12,9 @@ Redis connection errors and timeouts propagate unchanged: callers map them to 50
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -22,9 +24,12 @@ from functools import partial
 from typing import TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 JOB_ID_FIELD = "job_id"  # stream entry field carrying the job id; not part of Delivery.fields
 DEAD_FIELD_PREFIX = "field:"  # payload fields in a dead-letter entry, kept apart from its own fields
@@ -334,18 +339,35 @@ class JobQueue:
         keys = [self.record_key(delivery.job_id)]
         return bool(await self._mark_running(keys=keys, args=[_now_ms(), consumer, self.record_ttl_s]))
 
-    async def complete(self, delivery: Delivery, result: bytes) -> None:
-        """Store the result (status DONE, TTL result_ttl_s), notify waiters, then XACK + XDEL. Idempotent."""
-        await self._finish_job(delivery, JobStatus.DONE, "result", result)
+    async def complete(self, delivery: Delivery, result: bytes, *, retry_s: float = 0.0) -> None:
+        """Store the result (status DONE, TTL result_ttl_s), notify waiters, then XACK + XDEL. Idempotent.
 
-    async def fail(self, delivery: Delivery, error: str) -> None:
+        ``retry_s`` > 0 keeps trying through a lost connection for that long (0.2 s doubling to 2 s) before
+        raising: a result that took a GPU batch to compute is worth storing after a Redis blip rather than
+        recomputing after reclaim, and storing twice is harmless.
+        """
+        await self._finish_job(delivery, JobStatus.DONE, "result", result, retry_s)
+
+    async def fail(self, delivery: Delivery, error: str, *, retry_s: float = 0.0) -> None:
         """Like complete, with status FAILED and an error message."""
-        await self._finish_job(delivery, JobStatus.FAILED, "error", error)
+        await self._finish_job(delivery, JobStatus.FAILED, "error", error, retry_s)
 
-    async def _finish_job(self, delivery: Delivery, status: JobStatus, key: str, value: bytes | str) -> bool:
+    async def _finish_job(
+        self, delivery: Delivery, status: JobStatus, key: str, value: bytes | str, retry_s: float = 0.0
+    ) -> bool:
         keys = [self.record_key(delivery.job_id), self.done_key(delivery.job_id), self.stream]
-        args = [status.value, _now_ms(), key, value, self.result_ttl_s, self.group, delivery.entry_id]
-        return bool(await self._finish(keys=keys, args=args))
+        deadline, delay = time.monotonic() + retry_s, 0.2
+        while True:
+            args = [status.value, _now_ms(), key, value, self.result_ttl_s, self.group, delivery.entry_id]
+            try:
+                return bool(await self._finish(keys=keys, args=args))
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                logger.warning("could not store job %s (%s); retrying", delivery.job_id, exc)
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
 
     async def ack(self, delivery: Delivery) -> None:
         """Drop an entry without touching its record (used after mark_running returned False)."""

@@ -289,6 +289,49 @@ async def test_redis_restart_recreates_group_and_errors_propagate(key_prefix: st
         server.stop()
 
 
+async def test_complete_rides_out_a_redis_blip_within_retry_s(key_prefix: str) -> None:
+    """A computed result is stored once Redis is back (within ``retry_s``), not lost to a reclaim."""
+    server = RedisServer().start()
+    client = Redis.from_url(server.url)
+    try:
+        queue = JobQueue(client, f"{key_prefix}:q", reclaim_idle_s=IDLE_S)
+        await queue.ensure_group()
+        for job in ("kept", "given-up"):
+            await queue.enqueue(job, {"x": b"1"})
+        kept, given_up = await queue.read("w1", count=2, block_ms=None)
+        await client.save()  # the restart below reloads this snapshot: a blip, not a data loss
+        server.stop()
+
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await queue.complete(kept, b"lost")  # the default: no retry, the caller decides
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await queue.complete(given_up, b"late", retry_s=0.6)
+        assert 0.5 <= time.monotonic() - started < 5  # it did retry, and gave up at the deadline
+
+        storing = asyncio.create_task(queue.complete(kept, b"computed", retry_s=30))
+        await asyncio.sleep(1.0)
+        assert not storing.done()  # still trying while Redis is down
+        server.start()
+        await asyncio.wait_for(storing, 10)
+
+        record = await queue.get("kept")
+        assert record is not None and record.status is JobStatus.DONE and record.result == b"computed"
+        pending = await client.xpending(queue.stream, queue.group)
+        assert pending["pending"] == 1  # only the job given up on stays pending, for reclaim
+        [reclaimed] = await asyncio.wait_for(_reclaim_soon(queue), 5)
+        assert reclaimed.job_id == "given-up"
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def _reclaim_soon(queue: JobQueue) -> list[Delivery]:
+    while not (found := await queue.reclaim("w2")):
+        await asyncio.sleep(0.05)
+    return found
+
+
 async def test_wait_many_returns_finished_jobs_and_omits_the_rest(redis_url: str, key_prefix: str) -> None:
     client = Redis.from_url(redis_url)
     queue = JobQueue(client, key_prefix, reclaim_idle_s=5)

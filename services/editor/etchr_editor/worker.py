@@ -212,7 +212,8 @@ class EditorWorker:
         except Exception as exc:
             logger.exception("sampler failed on a batch of %d jobs", len(group))
             for work in group:
-                await self.queue.fail(work.delivery, f"editor failed: {type(exc).__name__}: {exc}")
+                message = f"editor failed: {type(exc).__name__}: {exc}"
+                await self.queue.fail(work.delivery, message, retry_s=self.queue.reclaim_idle_s)
                 self.metrics.jobs.labels("failed").inc()
             return
         infer_s = time.perf_counter() - started
@@ -229,7 +230,10 @@ class EditorWorker:
                 infer_ms=infer_s * 1000,
                 batch_rows=rows,
             )
-            await self.queue.complete(work.delivery, result.model_dump_json().encode())
+            # A GPU batch went into this: ride out a Redis blip (up to the reclaim time) rather than redo it
+            await self.queue.complete(
+                work.delivery, result.model_dump_json().encode(), retry_s=self.queue.reclaim_idle_s
+            )
             self.metrics.edits.inc(len(images))
             self.metrics.jobs.labels("done").inc()
 

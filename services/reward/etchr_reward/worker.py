@@ -151,11 +151,14 @@ class RewardWorker:
             return
         self.metrics.query_seconds.labels(query.kind).observe(time.perf_counter() - started)
         self.metrics.mllm_requests.labels(query.kind).inc(result.requests)
-        await self.queue.complete(delivery, result.model_dump_json().encode())
+        # K MLLM calls went into this: ride out a Redis blip (up to the reclaim time) rather than redo them
+        await self.queue.complete(
+            delivery, result.model_dump_json().encode(), retry_s=self.queue.reclaim_idle_s
+        )
         await self.queue.redis.delete(lock_key(self.queue, delivery.job_id))
 
     async def _fail(self, delivery: Delivery, error: QueryError) -> None:
-        await self.queue.fail(delivery, error.model_dump_json())
+        await self.queue.fail(delivery, error.model_dump_json(), retry_s=self.queue.reclaim_idle_s)
         await self.queue.redis.delete(lock_key(self.queue, delivery.job_id))
 
 

@@ -337,21 +337,36 @@ def import_chartqa(source: Path, out: Path, *, seed: int = 0, limit: int | None 
 # ----------------------------------------------------------------------------------------------- CharXiv
 
 
-def _charxiv_rows(questions: Path, images: Path, out: Path) -> Iterable[ManifestRow]:
-    expected = 'a JSON object keyed by question id of {"figure_id", "query", "answer", "inst_category", …}'
+def _charxiv_records(
+    questions: Path, images: Path, expected: str, answers: str
+) -> Iterator[tuple[str, dict[str, Any], str, Path]]:
+    """(key, record, where, figure) of a reasoning or descriptive file, refusing the other kind and the test
+    split (its answers are not public) with a message that says so."""
     records = _load_json(questions, expected)
     if not isinstance(records, dict):
         raise ValueError(f"{questions}: not a JSON object; expected {expected}")
     for key, record in records.items():
         where = f"{questions}[{key!r}]"
-        if isinstance(record, dict) and "qids" in record:
+        if isinstance(record, dict) and answers == "answer" and "qids" in record:
             raise ValueError(f"{where}: a descriptive question set; import it as 'charxiv-descriptive'")
-        if not isinstance(record, dict) or "answer" not in record:
+        if isinstance(record, dict) and answers == "answers" and "query" in record:
+            raise ValueError(f"{where}: a reasoning question; import it as 'charxiv'")
+        if not isinstance(record, dict) or answers not in record:
             raise ValueError(
-                f"{where}: no 'answer' (CharXiv's test answers are not public; use the val split)"
+                f"{where}: no {answers!r} (CharXiv's test answers are not public; use the val split)"
             )
         figure = _text(record, "figure_id", where)
-        image = _need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}")
+        yield (
+            key,
+            record,
+            where,
+            _need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}"),
+        )
+
+
+def _charxiv_rows(questions: Path, images: Path, out: Path) -> Iterable[ManifestRow]:
+    expected = 'a JSON object keyed by question id of {"figure_id", "query", "answer", "inst_category", …}'
+    for key, record, where, image in _charxiv_records(questions, images, expected, "answer"):
         category = record.get("inst_category")
         meta = {
             "figure_id": record.get("figure_id"),
@@ -502,19 +517,8 @@ def _charxiv_where(subplot: Any, where: str) -> str:
 
 def _charxiv_descriptive_rows(questions: Path, images: Path, out: Path) -> Iterable[ManifestRow]:
     expected = 'a JSON object keyed by figure id of {"figure_id", "subplot_loc", "qids", "answers"}'
-    records = _load_json(questions, expected)
-    if not isinstance(records, dict):
-        raise ValueError(f"{questions}: not a JSON object; expected {expected}")
-    for key, record in records.items():
-        where = f"{questions}[{key!r}]"
-        if isinstance(record, dict) and "query" in record:
-            raise ValueError(f"{where}: a reasoning question; import it as 'charxiv'")
-        if not isinstance(record, dict) or "answers" not in record:
-            raise ValueError(
-                f"{where}: no 'answers' (CharXiv's test answers are not public; use the val split)"
-            )
+    for _, record, where, image in _charxiv_records(questions, images, expected, "answers"):
         figure = _text(record, "figure_id", where)
-        image = _need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}")
         qids, answers = record.get("qids"), record.get("answers")
         if not isinstance(qids, list) or not isinstance(answers, list) or len(qids) != len(answers):
             raise ValueError(f"{where}: 'qids' and 'answers' must be lists of the same length")

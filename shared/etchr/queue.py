@@ -7,7 +7,8 @@ record holds the job's status, so a re-delivered job that already finished is re
 re-processing is harmless. Keys, for ``name``: ``{name}:jobs`` (stream), ``{name}:dead`` (dead letters),
 ``{name}:job:{id}`` (record hash), ``{name}:done:{id}`` (completion notification list).
 
-Redis connection errors and timeouts propagate unchanged: callers map them to 503.
+Redis connection errors and timeouts propagate unchanged (callers map them to 503), except that storing a
+result may be asked to ride out a short outage first (``complete``/``fail`` with ``retry_s``).
 """
 
 from __future__ import annotations

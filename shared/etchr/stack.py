@@ -317,8 +317,10 @@ class Supervisor:
         if spec.stdin is not None:
             assert proc.stdin is not None
             with contextlib.suppress(OSError):  # a child that died at once is reported by the watcher
-                proc.stdin.write(spec.stdin)
-                proc.stdin.close()
+                try:
+                    proc.stdin.write(spec.stdin)
+                finally:
+                    proc.stdin.close()
         pump = threading.Thread(target=self._pump, args=(spec.name, proc), daemon=True)
         pump.start()
         self.children[spec.name] = _Child(spec, proc, pump)

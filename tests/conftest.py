@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.support.redis_server import RedisServer
 
@@ -37,3 +42,31 @@ def tiny_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from etchr_editor.tiny import save_tiny_editor
 
     return save_tiny_editor(tmp_path_factory.mktemp("tiny-editor"))
+
+
+@pytest.fixture(scope="session")
+def fitted_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with its VAE fitted, as ops get it: ``etchr tiny-editor DIR --fit-vae``.
+
+    Fitting takes about a minute of CPU, so it is built once per test *run*: xdist workers share one copy in
+    the run's common temp folder, the first builds it (into a side folder, renamed when complete) under a
+    file lock, the others wait and reuse it.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above the per-worker ones
+    out = root / "tiny-editor-fitted"
+    with FileLock(f"{out}.lock"):
+        if not out.is_dir():
+            partial = root / f"tiny-editor-fitted.partial-{os.getpid()}"
+            shutil.rmtree(partial, ignore_errors=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "etchr.cli", "tiny-editor", str(partial), "--fit-vae"],
+                capture_output=True,
+                text=True,
+                timeout=400,
+            )
+            assert done.returncode == 0, done.stderr
+            assert "fitted VAE" in done.stdout
+            partial.rename(out)
+    return out

@@ -6,8 +6,6 @@ measured against the random-init VAE through the project's own sampler, i.e. the
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +23,8 @@ HELD_OUT_SEED = 10_000  # training draws per-image seeds from another stream; th
 
 
 @pytest.fixture(scope="module")
-def fitted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What ops get: ``etchr tiny-editor DIR --fit-vae`` (seed 0, the shipped number of steps)."""
-    out = tmp_path_factory.mktemp("tiny-fitted")
-    done = subprocess.run(
-        [sys.executable, "-m", "etchr.cli", "tiny-editor", str(out), "--fit-vae"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "fitted VAE" in done.stdout
-    return out
-
-
-@pytest.fixture(scope="module")
-def fitted(fitted_dir: Path) -> BatchedSampler:
-    pipe = Flux2KleinPipeline.from_pretrained(fitted_dir)
+def fitted(fitted_editor_dir: Path) -> BatchedSampler:
+    pipe = Flux2KleinPipeline.from_pretrained(fitted_editor_dir)
     pipe.set_progress_bar_config(disable=True)
     return BatchedSampler(pipe)
 
@@ -117,9 +100,9 @@ def test_bn_statistics_normalise_the_latents_the_pipeline_encodes(fitted: Batche
     assert (held.std(dim=(0, 1)) - 1).abs().max() < 0.15  # measured <= 0.07
 
 
-def test_fitted_checkpoint_loads_and_edits(fitted_dir: Path) -> None:
+def test_fitted_checkpoint_loads_and_edits(fitted_editor_dir: Path) -> None:
     """Same shapes and DiT/text weights as the random-init checkpoint; only the VAE differs."""
-    loaded = Flux2KleinPipeline.from_pretrained(fitted_dir)
+    loaded = Flux2KleinPipeline.from_pretrained(fitted_editor_dir)
     built = build_tiny_pipeline(0)
     for name in ("transformer", "text_encoder"):
         saved = getattr(built, name).state_dict()
@@ -127,7 +110,7 @@ def test_fitted_checkpoint_loads_and_edits(fitted_dir: Path) -> None:
     vae, random_vae = loaded.vae.state_dict(), built.vae.state_dict()
     assert {k: v.shape for k, v in vae.items()} == {k: v.shape for k, v in random_vae.items()}
     assert not torch.equal(vae["decoder.conv_out.weight"], random_vae["decoder.conv_out.weight"])
-    editor = load_editor(str(fitted_dir), device="cpu")
+    editor = load_editor(str(fitted_editor_dir), device="cpu")
     image = synthetic_images(1, HELD_OUT_SEED)[0].resize((96, 64))
     request = SampleRequest(image=image, prompt="draw the path", seeds=(0, 1), steps=2, guidance_scale=3.0)
     outputs = BatchedSampler(editor.pipe).sample([request])[0]

@@ -83,15 +83,6 @@ def spread_thresholds(judge: GreenJudge, model_dir: Path, rl_set: Path, *, eta: 
 
 
 @pytest.fixture(scope="module")
-def fitted_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny checkpoint with its VAE fitted (`etchr tiny-editor --fit-vae`): a random VAE decodes every
-    latent to nearly the same picture, so no image-level reward could move."""
-    from etchr_editor.tiny import save_tiny_editor
-
-    return save_tiny_editor(tmp_path_factory.mktemp("fitted-tiny"), fit_vae=True)
-
-
-@pytest.fixture(scope="module")
 def rl_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two rows, two grey-ish pictures, one multiple-choice question each (answer B)."""
     out = tmp_path_factory.mktemp("rl-set")
@@ -220,7 +211,9 @@ def test_mean_reward_rises_against_the_reward_service(
     fitted_editor_dir: Path, rl_set: Path, reward_url: str, judge: GreenJudge, tmp_path: Path
 ) -> None:
     """Thresholds at the quantiles of the untrained policy's greenness put the reward near 0.5 at first;
-    25 Pref-GRPO steps (lower SDE noise, η = 0.4, so the policy's own signal is not drowned) push it up."""
+    25 Pref-GRPO steps (lower SDE noise, η = 0.4, so the policy's own signal is not drowned) push it up.
+    The checkpoint's VAE is fitted: a random one decodes every latent to nearly the same picture, so no
+    image-level reward could move."""
     spread_thresholds(judge, fitted_editor_dir, rl_set, eta=0.4)
     out = tmp_path / "rl"
     train_rl(config(rl_set, fitted_editor_dir, out, reward_url, steps=25, save_every=0, lr=3e-2, eta=0.4))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare, on THIS machine (it reaches PyPI and Debian's archive), what bench/gpu_all.sh needs on a lent GPU
+# Prepare, on THIS machine (it reaches the package registries and apt), what bench/gpu_all.sh needs on a lent GPU
 # machine that reaches nothing: its image has Python 3.12 with torch, transformers, accelerate, peft, numpy,
 # pillow, safetensors, httpx, rich, typer, prometheus-client, tqdm (/work/.library/device/KINDS.md), but no
 # diffusers, no service stack (pydantic, fastapi, uvicorn, redis-py, openai) and no redis-server.

@@ -338,35 +338,31 @@ def import_chartqa(source: Path, out: Path, *, seed: int = 0, limit: int | None 
 
 
 def _charxiv_records(
-    questions: Path, images: Path, expected: str, answers: str
-) -> Iterator[tuple[str, dict[str, Any], str, Path]]:
-    """(key, record, where, figure) of a reasoning or descriptive file, refusing the other kind and the test
-    split (its answers are not public) with a message that says so."""
+    questions: Path, images: Path, expected: str, answers: str, other: tuple[str, str]
+) -> Iterator[tuple[str, dict[str, Any], str, str, Path]]:
+    """(key, record, where, figure id, figure) of a reasoning or descriptive file. ``answers`` is the file's
+    answer field; ``other`` = (a field only the other file has, what to say then). The test split is refused
+    (its answers are not public)."""
     records = _load_json(questions, expected)
     if not isinstance(records, dict):
         raise ValueError(f"{questions}: not a JSON object; expected {expected}")
     for key, record in records.items():
         where = f"{questions}[{key!r}]"
-        if isinstance(record, dict) and answers == "answer" and "qids" in record:
-            raise ValueError(f"{where}: a descriptive question set; import it as 'charxiv-descriptive'")
-        if isinstance(record, dict) and answers == "answers" and "query" in record:
-            raise ValueError(f"{where}: a reasoning question; import it as 'charxiv'")
+        if isinstance(record, dict) and other[0] in record:
+            raise ValueError(f"{where}: {other[1]}")
         if not isinstance(record, dict) or answers not in record:
             raise ValueError(
                 f"{where}: no {answers!r} (CharXiv's test answers are not public; use the val split)"
             )
         figure = _text(record, "figure_id", where)
-        yield (
-            key,
-            record,
-            where,
-            _need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}"),
-        )
+        image = _need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}")
+        yield key, record, where, figure, image
 
 
 def _charxiv_rows(questions: Path, images: Path, out: Path) -> Iterable[ManifestRow]:
     expected = 'a JSON object keyed by question id of {"figure_id", "query", "answer", "inst_category", …}'
-    for key, record, where, image in _charxiv_records(questions, images, expected, "answer"):
+    other = ("qids", "a descriptive question set; import it as 'charxiv-descriptive'")
+    for key, record, where, _, image in _charxiv_records(questions, images, expected, "answer", other):
         category = record.get("inst_category")
         meta = {
             "figure_id": record.get("figure_id"),
@@ -386,20 +382,24 @@ def _charxiv_rows(questions: Path, images: Path, out: Path) -> Iterable[Manifest
 
 def import_charxiv(source: Path, out: Path, *, seed: int = 0, limit: int | None = None) -> Path:
     """CharXiv reasoning questions: ``reasoning_val.json`` (in the folder or ``data/``) and ``images/``."""
-    source = Path(source)
-    names = ("reasoning_val.json", "data/reasoning_val.json")
-    questions = _find(source, names, "CharXiv's reasoning_val.json")
-    images = _charxiv_images(source, questions)
-    return _write(out, _limited(_charxiv_rows(questions, images, Path(out)), limit))
+    return _import_charxiv(Path(source), Path(out), limit, "reasoning_val.json", _charxiv_rows)
 
 
-def _charxiv_images(source: Path, questions: Path) -> Path:
-    """The release keeps figures in ``images/`` beside ``data/``; users may also put them next to the JSON."""
+def _import_charxiv(
+    source: Path,
+    out: Path,
+    limit: int | None,
+    name: str,
+    rows: Callable[[Path, Path, Path], Iterable[ManifestRow]],
+) -> Path:
+    """Either CharXiv file: ``name`` in the folder or its ``data/``; the release keeps figures in ``images/``
+    beside ``data/``, and users may also put them next to the JSON."""
+    questions = _find(source, (name, f"data/{name}"), f"CharXiv's {name}")
     candidates = [questions.parent / "images", questions.parent.parent / "images", source / "images"]
     images = next((d for d in candidates if d.is_dir()), None)
     if images is None:
         raise ValueError(f"{questions.parent}: no images/ folder found; expected CharXiv's <figure_id>.jpg")
-    return images
+    return _write(out, _limited(rows(questions, images, out), limit))
 
 
 # CharXiv's descriptive questions come from 19 templates (the file stores only template ids), asked about one
@@ -517,8 +517,8 @@ def _charxiv_where(subplot: Any, where: str) -> str:
 
 def _charxiv_descriptive_rows(questions: Path, images: Path, out: Path) -> Iterable[ManifestRow]:
     expected = 'a JSON object keyed by figure id of {"figure_id", "subplot_loc", "qids", "answers"}'
-    for _, record, where, image in _charxiv_records(questions, images, expected, "answers"):
-        figure = _text(record, "figure_id", where)
+    other = ("query", "a reasoning question; import it as 'charxiv'")
+    for _, record, where, figure, image in _charxiv_records(questions, images, expected, "answers", other):
         qids, answers = record.get("qids"), record.get("answers")
         if not isinstance(qids, list) or not isinstance(answers, list) or len(qids) != len(answers):
             raise ValueError(f"{where}: 'qids' and 'answers' must be lists of the same length")
@@ -548,11 +548,7 @@ def _charxiv_descriptive_rows(questions: Path, images: Path, out: Path) -> Itera
 
 def import_charxiv_descriptive(source: Path, out: Path, *, seed: int = 0, limit: int | None = None) -> Path:
     """CharXiv descriptive questions: ``descriptive_val.json`` (in the folder or ``data/``), ``images/``."""
-    source = Path(source)
-    names = ("descriptive_val.json", "data/descriptive_val.json")
-    questions = _find(source, names, "CharXiv's descriptive_val.json")
-    images = _charxiv_images(source, questions)
-    return _write(out, _limited(_charxiv_descriptive_rows(questions, images, Path(out)), limit))
+    return _import_charxiv(Path(source), Path(out), limit, "descriptive_val.json", _charxiv_descriptive_rows)
 
 
 # ------------------------------------------------------------------------------------- ViewSpatial-Bench

@@ -253,6 +253,15 @@ def test_chartqa_errors(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- CharXiv
 
 
+def _charxiv_release(root: Path, name: str, records: dict[str, dict]) -> Path:
+    """CharXiv's layout: ``data/<name>`` and one ``images/<figure_id>.jpg`` per record."""
+    (root / "data").mkdir(parents=True)
+    (root / "data" / name).write_text(json.dumps(records))
+    for record in records.values():
+        _png(root / "images" / f"{record['figure_id']}.jpg")
+    return root
+
+
 def _charxiv(root: Path) -> Path:
     records = {
         "0": {
@@ -284,11 +293,7 @@ def _charxiv(root: Path) -> Path:
             "qa_source": 1,
         },
     }
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "reasoning_val.json").write_text(json.dumps(records))
-    for key in records:
-        _png(root / "images" / f"{key}.jpg")
-    return root
+    return _charxiv_release(root, "reasoning_val.json", records)
 
 
 def test_charxiv(tmp_path: Path) -> None:
@@ -322,11 +327,7 @@ def _charxiv_descriptive(root: Path) -> Path:
         "62": {"figure_id": 62, "num_subplots": 3, "subplot_loc": "the bottom subplot", "qids": [19, 4]}
         | {"answers": ["3", "10"]},
     }
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "descriptive_val.json").write_text(json.dumps(records))
-    for key in records:
-        _png(root / "images" / f"{key}.jpg")
-    return root
+    return _charxiv_release(root, "descriptive_val.json", records)
 
 
 def test_charxiv_descriptive(tmp_path: Path) -> None:

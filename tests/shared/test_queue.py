@@ -31,6 +31,21 @@ async def queue(redis_client: Redis, key_prefix: str) -> JobQueue:
     return q
 
 
+OwnRedis = tuple[RedisServer, Redis, JobQueue]
+
+
+@pytest.fixture
+async def own_redis(key_prefix: str) -> AsyncIterator[OwnRedis]:
+    """A queue on a redis-server of this test's own, which the test may stop and start again."""
+    server = RedisServer().start()
+    client = Redis.from_url(server.url)
+    queue = JobQueue(client, f"{key_prefix}:q", reclaim_idle_s=IDLE_S)
+    await queue.ensure_group()
+    yield server, client, queue
+    await client.aclose()
+    server.stop()
+
+
 async def read_one(queue: JobQueue, consumer: str = "w1") -> Delivery:
     [delivery] = await queue.read(consumer, count=1, block_ms=None)
     return delivery
@@ -257,73 +272,59 @@ async def test_reserved_field(queue: JobQueue) -> None:
         await queue.enqueue("j", {"job_id": b"x"})
 
 
-async def test_redis_restart_recreates_group_and_errors_propagate(key_prefix: str) -> None:
-    server = RedisServer().start()
-    client = Redis.from_url(server.url)
-    try:
-        queue = JobQueue(client, f"{key_prefix}:q", reclaim_idle_s=IDLE_S)
-        await queue.ensure_group()
-        await queue.enqueue("before", {"x": b"1"})
+async def test_redis_restart_recreates_group_and_errors_propagate(own_redis: OwnRedis) -> None:
+    server, _, queue = own_redis
+    await queue.enqueue("before", {"x": b"1"})
 
-        server.stop()  # no persistence: the stream, group and records are gone
-        for call in (
-            queue.read("w1", count=1, block_ms=None),
-            queue.enqueue("down", {"x": b"1"}),
-            queue.depth(),
-            queue.wait("before", timeout_s=1),
-            queue.reclaim("w1"),
-        ):
-            with pytest.raises(redis.exceptions.ConnectionError):
-                await asyncio.wait_for(call, 10)
+    server.stop()  # no persistence: the stream, group and records are gone
+    for call in (
+        queue.read("w1", count=1, block_ms=None),
+        queue.enqueue("down", {"x": b"1"}),
+        queue.depth(),
+        queue.wait("before", timeout_s=1),
+        queue.reclaim("w1"),
+    ):
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await asyncio.wait_for(call, 10)
 
-        server.start()
-        await queue.enqueue("after", {"x": b"2"})  # XADD recreates the stream, without a group
-        [delivery] = await queue.read("w1", count=5, block_ms=None)
-        assert delivery.job_id == "after"
-        await queue.complete(delivery, b"ok")
-        record = await queue.get("after")
-        assert record is not None and record.result == b"ok"
-        assert await queue.get("before") is None
-    finally:
-        await client.aclose()
-        server.stop()
+    server.start()
+    await queue.enqueue("after", {"x": b"2"})  # XADD recreates the stream, without a group
+    [delivery] = await queue.read("w1", count=5, block_ms=None)
+    assert delivery.job_id == "after"
+    await queue.complete(delivery, b"ok")
+    record = await queue.get("after")
+    assert record is not None and record.result == b"ok"
+    assert await queue.get("before") is None
 
 
-async def test_complete_rides_out_a_redis_blip_within_retry_s(key_prefix: str) -> None:
+async def test_complete_rides_out_a_redis_blip_within_retry_s(own_redis: OwnRedis) -> None:
     """A computed result is stored once Redis is back (within ``retry_s``), not lost to a reclaim."""
-    server = RedisServer().start()
-    client = Redis.from_url(server.url)
-    try:
-        queue = JobQueue(client, f"{key_prefix}:q", reclaim_idle_s=IDLE_S)
-        await queue.ensure_group()
-        for job in ("kept", "given-up"):
-            await queue.enqueue(job, {"x": b"1"})
-        kept, given_up = await queue.read("w1", count=2, block_ms=None)
-        await client.save()  # the restart below reloads this snapshot: a blip, not a data loss
-        server.stop()
+    server, client, queue = own_redis
+    for job in ("kept", "given-up"):
+        await queue.enqueue(job, {"x": b"1"})
+    kept, given_up = await queue.read("w1", count=2, block_ms=None)
+    await client.save()  # the restart below reloads this snapshot: a blip, not a data loss
+    server.stop()
 
-        with pytest.raises(redis.exceptions.ConnectionError):
-            await queue.complete(kept, b"lost")  # the default: no retry, the caller decides
-        started = time.monotonic()
-        with pytest.raises(redis.exceptions.ConnectionError):
-            await queue.complete(given_up, b"late", retry_s=0.6)
-        assert 0.5 <= time.monotonic() - started < 5  # it did retry, and gave up at the deadline
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await queue.complete(kept, b"lost")  # the default: no retry, the caller decides
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await queue.complete(given_up, b"late", retry_s=0.6)
+    assert 0.5 <= time.monotonic() - started < 5  # it did retry, and gave up at the deadline
 
-        storing = asyncio.create_task(queue.complete(kept, b"computed", retry_s=30))
-        await asyncio.sleep(1.0)
-        assert not storing.done()  # still trying while Redis is down
-        server.start()
-        await asyncio.wait_for(storing, 10)
+    storing = asyncio.create_task(queue.complete(kept, b"computed", retry_s=30))
+    await asyncio.sleep(1.0)
+    assert not storing.done()  # still trying while Redis is down
+    server.start()
+    await asyncio.wait_for(storing, 10)
 
-        record = await queue.get("kept")
-        assert record is not None and record.status is JobStatus.DONE and record.result == b"computed"
-        pending = await client.xpending(queue.stream, queue.group)
-        assert pending["pending"] == 1  # only the job given up on stays pending, for reclaim
-        [reclaimed] = await asyncio.wait_for(_reclaim_soon(queue), 5)
-        assert reclaimed.job_id == "given-up"
-    finally:
-        await client.aclose()
-        server.stop()
+    record = await queue.get("kept")
+    assert record is not None and record.status is JobStatus.DONE and record.result == b"computed"
+    pending = await client.xpending(queue.stream, queue.group)
+    assert pending["pending"] == 1  # only the job given up on stays pending, for reclaim
+    [reclaimed] = await asyncio.wait_for(_reclaim_soon(queue), 5)
+    assert reclaimed.job_id == "given-up"
 
 
 async def _reclaim_soon(queue: JobQueue) -> list[Delivery]:

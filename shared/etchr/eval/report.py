@@ -49,12 +49,13 @@ def _pass_rows(
     for (mode, name), members in sorted(
         groups.items(), key=lambda kv: (_mode_order(kv[0][0]), kv[0][1] == OVERALL, kv[0][1])
     ):
+        correct = sum(r.correct for r in members)
         row: dict[str, object] = {
             "mode": mode,
             field: name,
             "n": len(members),
-            "correct": sum(r.correct for r in members),
-            "pass_at_1": round(100 * sum(r.correct for r in members) / len(members), 2),
+            "correct": correct,
+            "pass_at_1": round(100 * correct / len(members), 2),
         }
         if mode != "direct":
             row["edit_used"] = round(100 * sum(r.used_edit for r in members) / len(members), 2)

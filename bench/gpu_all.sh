@@ -11,9 +11,10 @@
 # each under `timeout`, going on to the next when one fails. Everything is teed into $OUT/gpu_all.log
 # (./gpu-out/gpu_all.log where OUT is unset); the last line sums up the exit codes (124 = timed out).
 #
-# Budget (~8 min at most, less expected on an H100/H200; see docs/benchmarks.md): the scripts' defaults
+# Budget (~8.5 min at most, less expected on an H100/H200; see docs/benchmarks.md): the scripts' defaults
 # would take far longer (the editor alone: 40-step edits in batches of 4 at 1024², eager and compiled), so:
-#   gpu_editor.py    --steps 10 --batches 1,2 --repeats 1      (512² and 1024², eager + compiled)  230 s
+#   gpu_editor.py    --steps 10 --batches 1,2 --repeats 1      (512² and 1024², eager + compiled,
+#                    sampler and one served edit each)  250 s
 #   gpu_sft_step.py  defaults (512² and 1024², rank 64 and 768, 3 timed steps each)               90 s
 #   gpu_rl_step.py   --sample-steps 8 --timestep-fraction 0.25  (G = 8, 2 groups, 512², rank 64:
 #                    2 trained timesteps; the defaults' 25 steps / 15 trained scale sampling and update)  140 s
@@ -56,7 +57,7 @@ else
     read -ra SFT_ARGS <<<"${GPU_SFT_ARGS-}"
     read -ra RL_ARGS <<<"${GPU_RL_ARGS---sample-steps 8 --timestep-fraction 0.25}"
 fi
-EDITOR_TIMEOUT="${GPU_EDITOR_TIMEOUT:-230}"
+EDITOR_TIMEOUT="${GPU_EDITOR_TIMEOUT:-250}"
 SFT_TIMEOUT="${GPU_SFT_TIMEOUT:-90}"
 RL_TIMEOUT="${GPU_RL_TIMEOUT:-140}"
 
@@ -81,7 +82,7 @@ install_redis() {
     local debs=("$DEBS"/*.deb)
     shopt -u nullglob
     if ((${#debs[@]} == 0)); then
-        echo "no .debs in $DEBS; using $(command -v redis-server || echo 'NO redis-server (gpu_rl_step.py will fail)')"
+        echo "no .debs in $DEBS; using $(command -v redis-server || echo 'NO redis-server (gpu_editor.py and gpu_rl_step.py will fail)')"
         return 0
     fi
     rm -rf "$REDISROOT"

@@ -11,7 +11,10 @@ It measures, at each ``--sizes`` side with one reference image of the same size:
       with ``compile_repeated_blocks(fullgraph=True)``; "transformer limit" per edit = 2 (CFG) × steps ×
       the batch-1 forward: what an edit costs if everything but the DiT were free;
   (b) the BatchedSampler's seconds per ``--steps``-step CFG edit, alone and in batches of distinct requests;
-and prints served/limit ratios.
+  (c) one edit SERVED: ``POST /edit`` over real HTTP to the editor app (uvicorn in a thread) whose in-process
+      worker serves this same pipeline object through a throwaway redis-server (needs ``redis-server``);
+and prints sampler/limit and served/limit ratios, and the serving cost per edit (served − sampler, fixed
+per edit: HTTP, base64, PNG, Redis), from which served/limit at other step counts follows.
 
     python bench/gpu_editor.py                       # on a GPU: 512² and 1024², 40 steps, eager + compiled
     python bench/gpu_editor.py --quick               # smoke run: tiny pipeline, 64², CPU, 2 steps
@@ -20,12 +23,16 @@ and prints served/limit ratios.
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from diffusers import (
@@ -37,9 +44,15 @@ from diffusers import (
 from PIL import Image
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from etchr_editor.model import resolve_device, resolve_dtype
+from etchr.settings import EditorSettings
+from etchr_editor.api import create_app
+from etchr_editor.model import LoadedEditor, resolve_device, resolve_dtype
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.tiny import SCHEDULER_CONFIG, build_tiny_pipeline, build_tiny_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.redis_server import RedisServer
+from tests.support.servers import UvicornThread
 
 # diffusers' conversion config for FLUX.2-klein-9B (scripts/convert_flux2_to_diffusers.py, "klein-9b").
 KLEIN_9B_TRANSFORMER: dict[str, object] = {
@@ -80,12 +93,6 @@ QWEN3_SMALL: dict[str, object] = {
     "num_attention_heads": 4,
     "num_key_value_heads": 1,
 }
-
-
-@dataclass
-class Timing:
-    label: str
-    seconds: float
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -217,7 +224,53 @@ def requests_for(count: int, side: int, steps: int, guidance: float) -> list[Sam
     ]
 
 
-def measure(pipe: Flux2KleinPipeline, args: argparse.Namespace, device: torch.device, mode: str) -> None:
+@contextmanager
+def served_editor(pipe: Flux2KleinPipeline, device: torch.device) -> Iterator[httpx.Client]:
+    """The editor app over real HTTP, its in-process worker serving ``pipe``, one job per batch."""
+    redis_server = RedisServer().start()
+    settings = EditorSettings(
+        redis_url=redis_server.url,
+        editor_max_batch=1,
+        editor_batch_wait_ms=0,
+        editor_deadline_s=3600,
+        max_body_bytes=256 * 1024 * 1024,
+        log_level="WARNING",
+    )
+    info: dict[str, object] = {"name": "random FLUX.2-klein-9B shape", "device": str(device)}
+    editor = LoadedEditor(pipe=pipe, device=device, dtype=pipe.transformer.dtype, info=info)
+    server = UvicornThread(create_app(settings, editor=editor)).start(timeout=600)
+    try:
+        with httpx.Client(base_url=server.url, timeout=3600) as client:
+            yield client
+    finally:
+        server.stop()
+        redis_server.stop()
+
+
+def served_edit(client: httpx.Client, request: SampleRequest) -> Callable[[], object]:
+    """``POST /edit`` of the request's image (PNG) at its size, steps and guidance."""
+    buffer = io.BytesIO()
+    request.image.save(buffer, format="PNG")
+    body = {
+        "image": base64.b64encode(buffer.getvalue()).decode(),
+        "question": "Which object is left of the red cube?",
+        "task": "perception",
+        "seed": request.seeds[0],
+        "steps": request.steps,
+        "guidance_scale": request.guidance_scale,
+    }
+
+    def run() -> object:
+        response = client.post("/edit", json=body)
+        response.raise_for_status()
+        return response
+
+    return run
+
+
+def measure(
+    pipe: Flux2KleinPipeline, args: argparse.Namespace, device: torch.device, mode: str, client: httpx.Client
+) -> None:
     sampler = BatchedSampler(pipe, max_rows=max(args.batches))
     for side in args.sizes:
         tokens = (side // 16) ** 2
@@ -229,14 +282,25 @@ def measure(pipe: Flux2KleinPipeline, args: argparse.Namespace, device: torch.de
             f"forward b=1 {forward_1 * 1000:.1f} ms, b=2 {forward_2 * 1000:.1f} ms; "
             f"transformer limit per {args.steps}-step CFG edit = {limit:.3f} s"
         )
+        alone = None
         for batch in args.batches:
             requests = requests_for(batch, side, args.steps, args.guidance)
             seconds = median_seconds(lambda r=requests: sampler.sample(r), device, args.repeats)
             per_edit = seconds / batch
+            alone = per_edit if batch == 1 else alone
             print(
                 f"[{mode}] {side}² sampler batch={batch}: {seconds:.3f} s per call, "
-                f"{per_edit:.3f} s per edit, served/limit = {per_edit / limit:.3f}"
+                f"{per_edit:.3f} s per edit, sampler/limit = {per_edit / limit:.3f}"
             )
+        # The sampler runs above warmed this size's kernels (and compiled graphs) up: no warm-up here.
+        served = median_seconds(
+            served_edit(client, requests_for(1, side, args.steps, args.guidance)[0]), device, args.repeats, 0
+        )
+        cost = "" if alone is None else f", serving cost {(served - alone) * 1000:.0f} ms per edit"
+        print(
+            f"[{mode}] {side}² served POST /edit: {served:.3f} s per edit, "
+            f"served/limit = {served / limit:.3f}{cost}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -258,14 +322,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"text_encoder={text_encoder} random weights, built in {time.perf_counter() - started:.1f} s; "
         f"steps={args.steps} guidance={args.guidance} sizes={args.sizes} batches={args.batches}"
     )
-    measure(pipe, args, device, "eager")
-    if args.compile:
-        started = time.perf_counter()
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
-        print(
-            f"compile_repeated_blocks(fullgraph=True) set up in {time.perf_counter() - started:.1f} s (lazy)"
-        )
-        measure(pipe, args, device, "compiled")
+    with served_editor(pipe, device) as client:
+        measure(pipe, args, device, "eager", client)
+        if args.compile:
+            started = time.perf_counter()
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            print(
+                f"compile_repeated_blocks(fullgraph=True) set up in {time.perf_counter() - started:.1f} s "
+                "(lazy)"
+            )
+            measure(pipe, args, device, "compiled", client)
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 

@@ -8,6 +8,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import openai
@@ -18,6 +19,9 @@ from etchr.settings import EditorSettings
 from etchr_editor.api import create_app
 from tests.support.redis_server import RedisServer
 from tests.support.servers import UvicornThread, wait_until
+
+if TYPE_CHECKING:
+    from etchr_editor.model import LoadedEditor
 
 QUESTION = "Which way should the robot turn at the first junction?"
 
@@ -319,3 +323,28 @@ def test_in_process_worker_recovers_after_a_redis_restart(key_prefix: str, tiny_
     finally:
         server.stop()
         own_redis.stop()
+
+
+def test_in_process_worker_serves_a_pipeline_it_was_given(
+    redis_server: RedisServer, key_prefix: str, tiny_editor: LoadedEditor
+) -> None:
+    """Embedding: no ETCHR_EDITOR_MODEL, the worker serves the pipeline object passed to create_app."""
+    settings = editor_settings(redis_server.url, key_prefix, None)
+    server = UvicornThread(create_app(settings, editor=tiny_editor)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            response = http.post("/edit", json=edit_body(n=2))
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["model"]["name"] == tiny_editor.info["name"]
+            assert [decode(image).size for image in body["images"]] == [(72, 50), (72, 50)]
+    finally:
+        server.stop()
+
+
+def test_a_given_pipeline_needs_the_in_process_worker(
+    redis_server: RedisServer, key_prefix: str, tiny_editor: LoadedEditor
+) -> None:
+    settings = editor_settings(redis_server.url, key_prefix, None, editor_worker=False)
+    with pytest.raises(ValueError, match="ETCHR_EDITOR_WORKER is off"):
+        create_app(settings, editor=tiny_editor)

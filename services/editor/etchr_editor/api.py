@@ -39,6 +39,7 @@ from etchr.redis_client import connect_redis
 from etchr.settings import EditorSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
 from etchr_editor.metrics import EditorMetrics
+from etchr_editor.model import LoadedEditor
 from etchr_editor.worker import EditorWorker, editor_queue
 
 logger = logging.getLogger("etchr.editor.api")
@@ -260,9 +261,14 @@ async def openai_images_edit(
     )
 
 
-def create_app(settings: EditorSettings | None = None) -> FastAPI:
-    """The editor app; with ``ETCHR_EDITOR_WORKER`` (default on) it also runs a worker in-process."""
+def create_app(settings: EditorSettings | None = None, *, editor: LoadedEditor | None = None) -> FastAPI:
+    """The editor app; with ``ETCHR_EDITOR_WORKER`` (default on) it also runs a worker in-process.
+
+    ``editor``: an already loaded pipeline for that worker, instead of loading ``ETCHR_EDITOR_MODEL``.
+    """
     settings = settings or EditorSettings()
+    if editor is not None and not settings.editor_worker:
+        raise ValueError("an editor was given but ETCHR_EDITOR_WORKER is off: nothing would serve it")
     metrics = EditorMetrics()
     tasks = TaskRegistry.from_file(settings.tasks_file)
 
@@ -283,7 +289,7 @@ def create_app(settings: EditorSettings | None = None) -> FastAPI:
         with suppress(Exception):  # Redis may be down at start; reads recreate the group when it returns
             await queue.ensure_group()
         if settings.editor_worker:
-            runtime.worker = EditorWorker(queue, settings, metrics)
+            runtime.worker = EditorWorker(queue, settings, metrics, editor=editor)
             runtime.worker_task = asyncio.create_task(runtime.worker.run(runtime.stop))
         try:
             yield

@@ -72,12 +72,15 @@ class EditorWorker:
         metrics: EditorMetrics,
         *,
         consumer: str | None = None,
+        editor: LoadedEditor | None = None,
     ) -> None:
+        """``editor``: an already loaded pipeline to serve instead of loading ``ETCHR_EDITOR_MODEL``
+        (embedding the worker where the pipeline is built in-process, as the GPU benchmark does)."""
         self.queue = queue
         self.settings = settings
         self.metrics = metrics
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.editor: LoadedEditor | None = None
+        self.editor: LoadedEditor | None = editor
         self.sampler: BatchedSampler | None = None
         self.load_error: str | None = None
 
@@ -94,20 +97,22 @@ class EditorWorker:
         return "editor model is loading"
 
     def load(self) -> None:
-        """Load the checkpoint (and LoRA), warm it up. Blocking: run it in a thread."""
-        if not self.settings.editor_model:
-            raise ValueError(
-                "ETCHR_EDITOR_MODEL is not set: name a Flux2KleinPipeline hub id or local directory"
-            )
+        """Load the checkpoint (and LoRA) unless one was given, warm it up. Blocking: run it in a thread."""
         started = time.perf_counter()
-        editor = load_editor(
-            self.settings.editor_model,
-            loras=self.settings.editor_lora,
-            lora_scale=self.settings.editor_lora_scale,
-            device=self.settings.editor_device,
-            dtype=self.settings.editor_dtype,
-            compile=self.settings.editor_compile,
-        )
+        editor = self.editor
+        if editor is None:
+            if not self.settings.editor_model:
+                raise ValueError(
+                    "ETCHR_EDITOR_MODEL is not set: name a Flux2KleinPipeline hub id or local directory"
+                )
+            editor = load_editor(
+                self.settings.editor_model,
+                loras=self.settings.editor_lora,
+                lora_scale=self.settings.editor_lora_scale,
+                device=self.settings.editor_device,
+                dtype=self.settings.editor_dtype,
+                compile=self.settings.editor_compile,
+            )
         sampler = BatchedSampler(editor.pipe, max_rows=self.settings.editor_max_batch)
         if self.settings.editor_warmup:
             sampler.warmup()

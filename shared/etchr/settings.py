@@ -72,12 +72,19 @@ class EditorSettings(CommonSettings):
     # How long POST /edit waits for its result before 504 (the job keeps running; poll /jobs/{id}).
     editor_deadline_s: float = Field(default=300.0, gt=0)
     editor_warmup: bool = True
+    # Square sides the worker warms up at before it is ready (1-step edits, fitted into the pixel budget).
+    # Empty: 64 eager; 512 and 1024 with ETCHR_EDITOR_COMPILE, so compiling happens before the first request
+    # and, having seen two sizes, torch compiles shape-generic graphs that later requests reuse.
+    editor_warmup_sizes: Annotated[list[Annotated[int, Field(ge=1, le=8192)]], NoDecode] = Field(
+        default_factory=list
+    )
     # Run a worker inside the HTTP front (`etchr serve editor`); `--no-worker` turns it off.
     editor_worker: bool = True
     # Standalone workers serve Prometheus metrics on this port (0 = off).
     editor_worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
 
     _split_loras = field_validator("editor_lora", mode="before")(_split_csv)
+    _split_warmup_sizes = field_validator("editor_warmup_sizes", mode="before")(_split_csv)
 
 
 class MLLMSettings(CommonSettings):

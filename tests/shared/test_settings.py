@@ -36,3 +36,12 @@ def test_invalid_values_fail_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETCHR_EDITOR_STEPS", "0")
     with pytest.raises(ValidationError, match="editor_steps"):
         EditorSettings()
+
+
+def test_warmup_sizes_are_comma_separated_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETCHR_EDITOR_WARMUP_SIZES", " 512, 1024,")
+    assert EditorSettings(_env_file=None).editor_warmup_sizes == [512, 1024]
+    for bad in ("0", "512,big", "9000"):
+        monkeypatch.setenv("ETCHR_EDITOR_WARMUP_SIZES", bad)
+        with pytest.raises(ValidationError, match="editor_warmup_sizes"):
+            EditorSettings(_env_file=None)

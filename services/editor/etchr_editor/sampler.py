@@ -121,10 +121,14 @@ class BatchedSampler:
         return outputs
 
     @torch.inference_mode()
-    def warmup(self, size: tuple[int, int] = (64, 64)) -> None:
-        """One 1-step CFG edit, so the first real request does not pay for lazy init (kernels, compile)."""
+    def warmup(
+        self, size: tuple[int, int] = (64, 64), *, requests: int = 1, guidance_scale: float = 2.0
+    ) -> None:
+        """One 1-step edit of ``requests`` requests, so real ones do not pay for lazy init (kernels,
+        compile). ``guidance_scale`` ≤ 1 runs it without CFG, a batch shape of its own."""
         image = PIL.Image.new("RGB", size, (127, 127, 127))
-        self.sample([SampleRequest(image=image, prompt="warm-up", seeds=(0,), steps=1, guidance_scale=2.0)])
+        warm = [SampleRequest(image, "warm-up", (i,), 1, guidance_scale) for i in range(requests)]
+        self.sample(warm)
 
     # ------------------------------------------------------------------ the pieces of the loop
 

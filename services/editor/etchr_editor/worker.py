@@ -23,7 +23,7 @@ import uvicorn
 from PIL import Image
 
 from etchr.http import create_app, redis_readiness
-from etchr.imaging import encode_png_base64, restore_size
+from etchr.imaging import encode_png_base64, fit_model_size, restore_size
 from etchr.protocol.edit import EditJob, EditResult
 from etchr.queue import Delivery, JobQueue
 from etchr.redis_client import RedisBackoff, connect_redis
@@ -47,6 +47,37 @@ def editor_queue(client: aioredis.Redis, settings: EditorSettings) -> JobQueue:
         max_deliveries=settings.queue_max_deliveries,
         result_ttl_s=settings.queue_result_ttl_s,
     )
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """One 1-step warm-up edit: model-size (w, h), how many requests, and a guidance that sets CFG on/off."""
+
+    size: tuple[int, int]
+    requests: int = 1
+    guidance_scale: float = 2.0
+
+
+def warmup_plan(settings: EditorSettings) -> list[WarmUp]:
+    """The edits a worker runs before it is ready, at ``ETCHR_EDITOR_WARMUP_SIZES`` (default: see settings).
+
+    Eager, one CFG edit per size. Compiled, the plan also walks the shapes torch.compile specialises on:
+    its first graph is static; a size or batch change then recompiles shape-generic graphs, one for
+    batches of 2 or more (CFG edits; from the second size on, two requests) and one for batch 1 (single-row
+    edits without CFG, which torch always specialises). Over two sizes no later request compiles (checked
+    with ``TORCH_LOGS=recompiles``; tests/editor/test_worker.py).
+    """
+    sides = settings.editor_warmup_sizes or ([512, 1024] if settings.editor_compile else [64])
+    fitted = (fit_model_size(side, side, max_pixels=settings.editor_max_model_pixels) for side in sides)
+    sizes = list(dict.fromkeys(fitted))
+    if not settings.editor_compile:
+        return [WarmUp(size) for size in sizes]
+    pair = min(2, settings.editor_max_batch)
+    return [
+        warm
+        for k, size in enumerate(sizes)
+        for warm in (WarmUp(size, 1 if k == 0 else pair), WarmUp(size, 1, guidance_scale=1.0))
+    ]
 
 
 def job_pixels(job: EditJob, delivery: Delivery) -> Image.Image:
@@ -115,7 +146,16 @@ class EditorWorker:
             )
         sampler = BatchedSampler(editor.pipe, max_rows=self.settings.editor_max_batch)
         if self.settings.editor_warmup:
-            sampler.warmup()
+            for warm in warmup_plan(self.settings):
+                warm_started = time.perf_counter()
+                sampler.warmup(warm.size, requests=warm.requests, guidance_scale=warm.guidance_scale)
+                logger.info(
+                    "warmed up at %d×%d (%d request(s), guidance %.1f) in %.1f s",
+                    *warm.size,
+                    warm.requests,
+                    warm.guidance_scale,
+                    time.perf_counter() - warm_started,
+                )
         self.editor, self.sampler = editor, sampler
         logger.info(
             "editor model %s ready in %.1f s (%s)",

@@ -282,20 +282,20 @@ def measure(
             f"forward b=1 {forward_1 * 1000:.1f} ms, b=2 {forward_2 * 1000:.1f} ms; "
             f"transformer limit per {args.steps}-step CFG edit = {limit:.3f} s"
         )
-        alone = None
+        per_edit: dict[int, float] = {}  # sampler seconds per edit, by batch size
         for batch in args.batches:
             requests = requests_for(batch, side, args.steps, args.guidance)
             seconds = median_seconds(lambda r=requests: sampler.sample(r), device, args.repeats)
-            per_edit = seconds / batch
-            alone = per_edit if batch == 1 else alone
+            per_edit[batch] = seconds / batch
             print(
                 f"[{mode}] {side}² sampler batch={batch}: {seconds:.3f} s per call, "
-                f"{per_edit:.3f} s per edit, sampler/limit = {per_edit / limit:.3f}"
+                f"{per_edit[batch]:.3f} s per edit, sampler/limit = {per_edit[batch] / limit:.3f}"
             )
         # The sampler runs above warmed this size's kernels (and compiled graphs) up: no warm-up here.
         served = median_seconds(
             served_edit(client, requests_for(1, side, args.steps, args.guidance)[0]), device, args.repeats, 0
         )
+        alone = per_edit.get(1)
         cost = "" if alone is None else f", serving cost {(served - alone) * 1000:.0f} ms per edit"
         print(
             f"[{mode}] {side}² served POST /edit: {served:.3f} s per edit, "

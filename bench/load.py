@@ -41,12 +41,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the test MLLM server in tests/support
+from etchr.tasks import JUDGE_REPLY_CONVENTION  # noqa: E402
 from etchr_editor.tiny import save_tiny_editor  # noqa: E402
 
 API_KEY = "bench-load-key"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 QUESTION = "Which exit does the path from the green start reach? (A) left (B) right"
-JUDGE_MARK = "Answer with a single digit"
+JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
 
 
 def png(i: int, size: int) -> str:

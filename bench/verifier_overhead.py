@@ -31,10 +31,11 @@ from local_stack import editor_stack, free_port, wait_ready
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the test MLLM server in tests/support
+from etchr.tasks import JUDGE_REPLY_CONVENTION
 from etchr_editor.tiny import save_tiny_editor
 from tests.support.mllm_server import RecordedRequest, ScriptedMLLM
 
-JUDGE_MARK = "Answer with a single digit"
+JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
 
 
 def median_s(fn: Callable[[], object], rounds: int) -> float:

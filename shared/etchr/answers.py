@@ -28,16 +28,19 @@ from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
+from etchr.tasks import JUDGE_REPLY_CONVENTION
+from etchr.thinking import strip_thinking
+
 __all__ = [
     "Match",
     "Scorer",
+    "explicit_final_answer",
     "extract_final_answer",
     "extract_option_letter",
     "judge_prompt_for_open_answer",
     "match_answer",
     "normalize_answer",
     "parse_number",
-    "strip_reasoning",
 ]
 
 
@@ -67,30 +70,6 @@ class Match:
     rule: str
     predicted: str
     expected: str
-
-
-# --------------------------------------------------------------------------------------------- reasoning
-
-_THINK_BLOCK = re.compile(r"<(think|thinking)\s*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_THINK_CLOSE = re.compile(r"</think(?:ing)?\s*>", re.IGNORECASE)
-_THINK_OPEN = re.compile(r"<think(?:ing)?\s*>", re.IGNORECASE)
-
-
-def strip_reasoning(text: str) -> str:
-    """Drop ``<think>…</think>`` blocks, so answers are read only from what the model stated as its reply.
-
-    A closing tag without an opener (chat templates that put ``<think>`` in the prompt) drops everything
-    before it; an opener that is never closed (reasoning cut off by the token limit) drops everything
-    after it, so a truncated response has no answer rather than one guessed from half-finished reasoning.
-    """
-    text = _THINK_BLOCK.sub("", text)
-    closes = list(_THINK_CLOSE.finditer(text))
-    if closes:
-        text = text[closes[-1].end() :]
-    opened = _THINK_OPEN.search(text)
-    if opened:
-        text = text[: opened.start()]
-    return text.strip()
 
 
 # -------------------------------------------------------------------------------------------- extraction
@@ -165,7 +144,7 @@ def _answer_line(lines: list[str]) -> str | None:
 
 def _extract(text: str) -> tuple[str, str]:
     """The final answer and where it came from: boxed, answer_line, option_line, last_line or empty."""
-    body = strip_reasoning(text)
+    body = strip_thinking(text)
     boxed = _last_boxed(body)
     if boxed is not None:
         return _clean(_unlatex(boxed)), "boxed"
@@ -191,6 +170,16 @@ def extract_final_answer(text: str) -> str:
     bold/backticks and a trailing period removed; empty text gives "".
     """
     return _extract(text)[0]
+
+
+def explicit_final_answer(text: str) -> str | None:
+    """The final answer only when the text states one (a ``\\boxed{}`` or an answer line), else ``None``.
+
+    What a reply cut at max_tokens still counts for: its last line is wherever the cut fell, so only an
+    answer the model stated before the cut is an answer.
+    """
+    answer, source = _extract(text)
+    return answer if source in ("boxed", "answer_line") and answer else None
 
 
 # -------------------------------------------------------------------------------------------- option letters
@@ -255,7 +244,7 @@ def extract_option_letter(text: str, choices: str = "ABCDEFGH") -> str | None:
     right"); two different letters on the weakest tiers ("A or B", "(A) and (C)") are ambiguous.
     """
     allowed = "".join(dict.fromkeys(choices.upper()))
-    body = _BOLD.sub("", strip_reasoning(text)).strip()
+    body = _BOLD.sub("", strip_thinking(text)).strip()
     if not body:
         return None
     whole = _WHOLE_LETTER.match(body.rstrip("."))
@@ -419,7 +408,7 @@ def _match_option(text: str, predicted: str, expected: str, meta: Mapping[str, A
         return Match(quoted[0] == gold, "option_text", predicted, expected)
     letter = extract_option_letter(predicted, allowed)
     if letter is None:  # e.g. "So the correct choice is B, the mug.\n\nHope this helps!"
-        letter = _keyword_letter(_BOLD.sub("", strip_reasoning(text)), allowed)
+        letter = _keyword_letter(_BOLD.sub("", strip_thinking(text)), allowed)
     return Match(letter == gold, "option", predicted, expected)
 
 
@@ -621,7 +610,7 @@ def _route_candidate(text: str, predicted: str, source: str, parse: Callable[[st
     """For routes and permutations a fallback answer may span lines ("R\\nR\\nD"): take the trailing run."""
     if source not in ("option_line", "last_line"):
         return predicted
-    lines = [line.strip() for line in strip_reasoning(text).splitlines() if line.strip()]
+    lines = [line.strip() for line in strip_thinking(text).splitlines() if line.strip()]
     block: list[str] = []
     for line in reversed(lines):
         if _FENCE_ONLY.match(line):
@@ -763,12 +752,13 @@ def match_answer(
 
 
 def judge_prompt_for_open_answer(question: str, prediction: str, expected: str) -> str:
-    """A prompt asking a judge for 1/0: does the prediction mean the same as the reference answer?
+    """A prompt asking a judge for a 1/0 verdict: does the prediction mean the same as the reference?
 
-    Used when :func:`match_answer` returns ``correct=None``. Reasoning blocks are dropped from the
-    prediction (they cost tokens and can sway the judge); the verdict format matches the other judges'.
+    Used when :func:`match_answer` returns ``correct=None``; :func:`etchr.verdicts.judge_open_answer` asks
+    it and reads the reply. Reasoning blocks are dropped from the prediction (they cost tokens and can sway
+    the judge); the reply convention is the other judges' (``etchr.tasks.JUDGE_REPLY_CONVENTION``).
     """
-    answer = strip_reasoning(prediction) or "(no answer)"
+    answer = strip_thinking(prediction) or "(no answer)"
     return (
         "You are grading a model's answer to a question against the reference answer.\n\n"
         f"Question: {question.strip()}\n\n"
@@ -778,5 +768,5 @@ def judge_prompt_for_open_answer(question: str, prediction: str, expected: str) 
         "allowing for different wording, formatting or extra explanation that does not contradict it? "
         "Answer 0 if it names something different, is incomplete, hedges between several answers or "
         "contradicts the reference.\n\n"
-        "Answer with a single digit: 1 if yes, 0 if no."
+        f"{JUDGE_REPLY_CONVENTION}"
     )

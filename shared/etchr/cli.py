@@ -55,19 +55,20 @@ def serve(
     ] = True,
     log_level: Annotated[str, typer.Option(envvar="ETCHR_LOG_LEVEL", help="log level")] = "info",
 ) -> None:
-    """Run a service's HTTP API with uvicorn."""
-    import uvicorn
+    """Run a service's HTTP API with uvicorn (connection limits: etchr.serving, ETCHR_HTTP_*)."""
+    from etchr import serving
+    from etchr.settings import CommonSettings
 
     if service in (Service.editor, Service.reward):
         os.environ[f"ETCHR_{service.value.upper()}_WORKER"] = "true" if worker else "false"
     _logging(log_level)
-    uvicorn.run(
+    serving.run(
         APP_FACTORIES[service.value],
+        settings=CommonSettings(),
         factory=True,
         host=host,
         port=port or DEFAULT_PORTS[service.value],
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=30,
+        log_level=log_level,
     )
 
 
@@ -230,7 +231,11 @@ def eval_cmd(
     async def run() -> EvalRun:
         judge = MLLMClient.from_settings(settings, "judge")
         evaluator = Evaluator(
-            settings.verifier_url, api_key=settings.verifier_api_key, concurrency=concurrency, judge=judge
+            settings.verifier_url,
+            api_key=settings.verifier_api_key,
+            concurrency=concurrency,
+            judge=judge,
+            judge_max_tokens=settings.eval_judge_max_tokens,
         )
         try:
             return await evaluator.run(
@@ -444,20 +449,34 @@ def train_filter(
     reward_api_key: Annotated[
         str | None, typer.Option(envvar="ETCHR_REWARD_API_KEY", help="bearer token of the reward service")
     ] = None,
-    k: Annotated[int, typer.Option(min=1, help="MLLM decodings per check")] = 1,
+    k: Annotated[
+        int | None,
+        typer.Option(min=1, help="sampled decodings per clause, decided by strict majority [default: 4]"),
+    ] = None,
+    greedy: Annotated[
+        bool, typer.Option(help="decide each clause on one greedy decoding (temperature 0) instead")
+    ] = False,
 ) -> None:
-    """The RL set (Eq. 1): keep rows U fails on alone and answers with the ground-truth edit."""
+    """The RL set (Eq. 1): keep rows U fails on alone and answers with the ground-truth edit.
+
+    Prints how many rows each clause dropped per family; OUT/filter_summary.json holds the same counts and
+    OUT/filter_results.jsonl every row's fractions.
+    """
     rl_data = importlib.import_module("etchr_editor.train.rl_data")
     client_module = importlib.import_module("etchr_reward.client")
     with client_module.RewardClient(reward_url, api_key=reward_api_key) as client:
         try:
-            summary = rl_data.filter_manifest(data, out, client, k=k)
+            summary = rl_data.filter_manifest(data, out, client, k=k, greedy=greedy)
         except (ValueError, FileNotFoundError) as exc:
             raise typer.BadParameter(str(exc)) from None
         except client_module.RewardServiceError as exc:
             typer.echo(f"error: reward service at {reward_url}: {exc}", err=True)
             raise typer.Exit(1) from None
+    how = "one greedy decoding" if summary.report.greedy else f"majority of {summary.report.k} decodings"
+    typer.echo(f"Eq. 1 per clause ({how}):")
+    typer.echo(rl_data.clause_table(summary.report))
     typer.echo(f"kept {summary.kept} of {summary.seen} rows: {summary.manifest}")
+    typer.echo(f"summary: {summary.report_path}")
 
 
 @train_app.command("merge")

@@ -6,8 +6,10 @@ dependencies below, so tests can run several differently configured apps in one 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +33,13 @@ from etchr.settings import CommonSettings
 logger = logging.getLogger("etchr.http")
 
 REQUEST_ID_HEADER = "x-request-id"
+# A client's request id is kept only when it is visible ASCII without spaces, at most 128 characters: such an
+# id is the same bytes in the header, in logs and when forwarded (the verifier sends it on to the editor).
+# Anything else (non-ASCII bytes, which servers read as Latin-1, spaces, overlong ids) is replaced.
+SAFE_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
+RETRY_AFTER_REDIS_DOWN_S = "2"  # a restart or failover: back in seconds
+RETRY_AFTER_REDIS_REFUSING_S = "5"  # out of memory, read-only replica: needs an operator or a drained queue
+REDIS_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
@@ -39,20 +48,68 @@ class ServiceError(Exception):
     """An error with an honest status; raised anywhere, rendered as the SPEC §5 error body."""
 
     def __init__(
-        self, status: int, type_: str, message: str, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type_
         self.message = message
         self.headers = headers or {}
+        self.param = param
 
 
 def error_response(
-    status: int, type_: str, message: str, headers: dict[str, str] | None = None
+    status: int, type_: str, message: str, headers: dict[str, str] | None = None, *, param: str | None = None
 ) -> JSONResponse:
-    body = ErrorBody(error=ErrorDetail(type=type_, message=message))
+    body = ErrorBody(error=ErrorDetail(type=type_, message=message, param=param))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def request_id_for(incoming: bytes | None) -> str:
+    """The client's ``x-request-id`` when it is safe (``SAFE_REQUEST_ID``), else a fresh uuid4 hex."""
+    if incoming is not None and SAFE_REQUEST_ID.fullmatch(incoming):
+        return incoming.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def redis_error_response(exc: redis.exceptions.RedisError) -> JSONResponse:
+    """Any Redis error as a 503 with ``Retry-After``: unreachable, out of memory, read-only, anything else.
+
+    Nothing the client sent makes Redis fail, so it is never the client's error, and a retry later succeeds
+    once Redis is back or has room again (reads go on working meanwhile: a full Redis refuses only writes).
+    """
+    if isinstance(exc, REDIS_UNREACHABLE):
+        logger.warning("redis unavailable: %s", exc)
+        message = f"Redis is unreachable: {exc}"
+        retry_after = RETRY_AFTER_REDIS_DOWN_S
+    else:
+        logger.error("redis refused a command: %s: %s", type(exc).__name__, exc)
+        cause = " (out of memory: raise maxmemory or free space)" if _out_of_memory(exc) else ""
+        message = f"Redis refused the command{cause}: {exc}"
+        retry_after = RETRY_AFTER_REDIS_REFUSING_S
+    return error_response(503, "redis_unavailable", message, {"Retry-After": retry_after})
+
+
+def _out_of_memory(exc: redis.exceptions.RedisError) -> bool:
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc)
+
+
+def _redis_error_in(exc: BaseException) -> redis.exceptions.RedisError | None:
+    """``exc`` itself or the first Redis error inside it (an ExceptionGroup), if any."""
+    if isinstance(exc, redis.exceptions.RedisError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _redis_error_in(inner)
+            if found is not None:
+                return found
+    return None
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -78,8 +135,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        incoming = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        request_id = request_id_for(headers.get(REQUEST_ID_HEADER.encode()))
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -113,12 +169,21 @@ class RequestContextMiddleware:
             except BodyTooLarge:
                 if not response_started:
                     await self._too_large(scope, receive, send_with_id)
-            except Exception:
-                logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            except Exception as exc:
+                # A Redis error that got past the exception handlers (e.g. raised in a task group, wrapped in
+                # an ExceptionGroup) is still a 503, never a 500.
+                redis_error = _redis_error_in(exc)
+                if redis_error is None:
+                    logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                elif response_started:
+                    logger.warning("redis error after the response started: %s", redis_error)
                 if not response_started:
-                    await error_response(500, "internal_error", "internal server error")(
-                        scope, receive, send_with_id
+                    response = (
+                        error_response(500, "internal_error", "internal server error")
+                        if redis_error is None
+                        else redis_error_response(redis_error)
                     )
+                    await response(scope, receive, send_with_id)
         route = scope.get("route")
         route_path = getattr(route, "path", None) or "unmatched"
         self.metrics.observe_request(scope["method"], route_path, status, time.perf_counter() - started)
@@ -131,7 +196,7 @@ class RequestContextMiddleware:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message, exc.headers)
+        return error_response(exc.status, exc.type, exc.message, exc.headers, param=exc.param)
 
     @app.exception_handler(ImageError)
     async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
@@ -139,25 +204,29 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
+        problems, fields = [], []
         for err in exc.errors():
             where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "body"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return error_response(422, "validation_error", "; ".join(problems) or "invalid request")
+            fields.append(where)
+        # ``param`` names the first field at fault, as OpenAI's errors do (SDKs show it).
+        return error_response(
+            422, "validation_error", "; ".join(problems) or "invalid request", param=next(iter(fields), None)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        type_ = {
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "request_too_large",
+        }.get(exc.status_code, "http_error")
         return error_response(exc.status_code, type_, str(exc.detail), dict(exc.headers or {}))
 
-    async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
-        logger.warning("redis unavailable: %s", exc)
-        return error_response(503, "redis_unavailable", f"Redis is unreachable: {exc}", {"Retry-After": "2"})
-
-    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
-    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def _redis_error(_: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        return redis_error_response(exc)
 
 
 def get_settings(request: Request) -> CommonSettings:
@@ -280,16 +349,22 @@ def create_app(
     return app
 
 
-def redis_readiness(get_redis: Callable[[], Any]) -> ReadinessCheck:
-    """A readiness check that pings Redis with a short timeout."""
+def redis_readiness(get_redis: Callable[[], Any], *, key_prefix: str = "etchr") -> ReadinessCheck:
+    """Ready when Redis accepts a write: one tiny ``SET {key_prefix}:readyz`` that expires in 10 s.
+
+    A PING would answer while Redis refuses every write (at ``maxmemory`` with ``noeviction``, a read-only
+    replica, a failed snapshot with ``stop-writes-on-bgsave-error``), and every request would then fail.
+    """
+    probe_key = f"{key_prefix}:readyz"
 
     async def check() -> str | None:
-        import asyncio
-
         try:
-            await asyncio.wait_for(get_redis().ping(), timeout=1.0)
-        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            await asyncio.wait_for(get_redis().set(probe_key, b"1", px=10_000), timeout=1.0)
+        except (TimeoutError, OSError, *REDIS_UNREACHABLE) as exc:
             return f"redis unreachable: {exc or type(exc).__name__}"
+        except redis.exceptions.RedisError as exc:
+            cause = "out of memory, " if _out_of_memory(exc) else ""
+            return f"redis refuses writes ({cause}{type(exc).__name__}): {exc}"
         return None
 
     return check

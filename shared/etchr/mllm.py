@@ -5,14 +5,15 @@ One ``openai.AsyncOpenAI`` per backend URL does the HTTP work, including its own
 backends needs: fail-over to the next backend when one's retries are exhausted (round-robin start so load
 spreads, a failed backend cooled down for a while), a bound on in-flight requests, ``n`` decodings even on
 backends that ignore ``n``, and errors a service can map to an honest status (503 / 502) — never a silent
-empty answer.
+empty answer: a 200 whose content is null, empty or blank, or that has no choices, is a backend failure like
+a 5xx (retried, failed over, then :class:`MLLMUnavailable`). Reply texts are capped in length (head and tail
+kept, the cut marked) before any caller sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,11 +30,12 @@ __all__ = [
     "ChatResult",
     "MLLMClient",
     "MLLMError",
+    "MLLMIncomplete",
     "MLLMNotConfigured",
     "MLLMRejected",
     "MLLMUnavailable",
+    "cap_reply",
     "image_part",
-    "parse_verdict",
     "user_message",
 ]
 
@@ -42,6 +44,12 @@ __all__ = [
 _TRANSIENT_4XX: frozenset[int] = frozenset({408, 409, 429})
 # Readiness probes must answer fast even when a backend black-holes packets.
 _PING_TIMEOUT_S = 5.0
+# A 200 with empty content is retried by us (the openai client only retries statuses): a short, doubling
+# pause, like the client's own backoff, so a backend that blipped gets a moment without stalling the caller.
+_EMPTY_RETRY_BACKOFF_S = 0.25
+_EMPTY_RETRY_BACKOFF_MAX_S = 2.0
+# Default of ETCHR_MLLM_MAX_REPLY_CHARS (see etchr.settings for why).
+DEFAULT_MAX_REPLY_CHARS = 32_768
 
 
 @dataclass(frozen=True)
@@ -77,17 +85,35 @@ class MLLMRejected(MLLMError):
     """
 
 
+class MLLMIncomplete(MLLMRejected):
+    """A reply cut at max_tokens (finish_reason "length") before it gave the verdict or answer asked for.
+
+    Mapped like a rejection (502, not retried, never cached): asking again with the same token budget gives
+    the same cut; the message names the setting to raise.
+    """
+
+
 class MLLMNotConfigured(MLLMError):
     """No base URL or no model is set; the message names the ``ETCHR_`` variables to set."""
 
 
 @dataclass(frozen=True)
 class ChatResult:
-    """The texts of ``n`` decodings, who answered, and how many HTTP requests it took (usage accounting)."""
+    """The texts of ``n`` decodings, who answered, and how many HTTP requests it took (usage accounting).
+
+    A text is never blank unless its decoding was truncated (a thinking model can spend all of max_tokens
+    before it writes any content): blank, untruncated replies are backend failures the client retried.
+    """
 
     texts: list[str]
     backend: str
     requests: int
+    # Per decoding: the backend stopped it at max_tokens (finish_reason "length"); callers decide whether
+    # what was said before the cut still carries a verdict or an answer.
+    truncated: list[bool] = field(default_factory=list)
+
+    def was_truncated(self, index: int) -> bool:
+        return index < len(self.truncated) and self.truncated[index]
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -108,45 +134,47 @@ def user_message(text: str, images: Sequence[Image.Image | bytes] = ()) -> dict[
     return {"role": "user", "content": content}
 
 
-# ---------------------------------------------------------------------------------------------- verdicts
-
-_THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|$)", re.IGNORECASE | re.DOTALL)
-_BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
-# yes/no/true/false as words; 1/0 only as a whole number (not "10", "0.5" or "1,000").
-_VERDICT = re.compile(r"\b(yes|no|true|false)\b|(?<![\w.,])([01])(?![\w]|[.,]\d)", re.IGNORECASE)
-# "yes or no", "1/0", "yes and no": two different verdicts joined like this leave the answer open.
-_ALTERNATIVE = re.compile(r"^[\s*_`'\"()\[\]]*(?:or|and|/|\|)[\s*_`'\"()\[\]]*$", re.IGNORECASE)
-_VALUES = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
-
-
-def parse_verdict(text: str | None) -> bool | None:
-    """A 1/0 (yes/no) verdict read tolerantly, or ``None`` when there is none to trust.
-
-    Reasoning in ``<think>`` blocks is dropped (text after a bare ``</think>`` is the answer); a
-    ``\\boxed{…}`` answer wins; otherwise the last verdict-like token counts, unless it is one side of an
-    alternative such as "yes or no". Callers treat ``None`` as "not reliable".
-    """
-    if not text:
-        return None
-    text = text.rsplit("</think>", 1)[-1] if "</think>" in text.lower() else text
-    text = _THINK_BLOCK.sub(" ", text)
-    boxed = _BOXED.findall(text)
-    if boxed:
-        text = boxed[-1]
-    tokens = list(_VERDICT.finditer(text))
-    if not tokens:
-        return None
-    last = tokens[-1]
-    verdict = _VALUES[last.group(0).lower()]
-    if len(tokens) > 1:
-        before = tokens[-2]
-        joined = _ALTERNATIVE.match(text[before.end() : last.start()])
-        if joined and _VALUES[before.group(0).lower()] != verdict:
-            return None
-    return verdict
-
-
 # ------------------------------------------------------------------------------------------------ client
+
+
+def cap_reply(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its head and tail with the cut marked in between.
+
+    The tail is kept because that is where reasoning replies put the final answer or verdict, the head
+    because verdict-first replies open with it; the result, marker included, is at most ``limit`` long.
+    """
+    if len(text) <= limit:
+        return text
+
+    def marker(cut: int) -> str:
+        return f"\n[… {cut:,} characters cut …]\n"
+
+    kept = max(0, limit - len(marker(len(text))))  # the widest the marker can get
+    head = kept // 2
+    tail = kept - head
+    return text[:head] + marker(len(text) - kept) + (text[-tail:] if tail else "")
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    text: str
+    truncated: bool
+
+
+def _usable(choices: Sequence[Any], limit: int) -> list[_Decoding]:
+    """The choices a caller may see, capped: null, empty or blank content is dropped (a backend failure),
+    unless the decoding was cut at max_tokens, whose emptiness is the caller's to judge (a too-small budget,
+    not a sick backend: asking again would give the same cut)."""
+    usable = []
+    for choice in choices:
+        content = choice.message.content
+        truncated = choice.finish_reason == "length"
+        if not isinstance(content, str) or not content.strip():
+            if not truncated:
+                continue
+            content = ""
+        usable.append(_Decoding(cap_reply(content, limit), truncated))
+    return usable
 
 
 def _attempts(request: Any) -> int:
@@ -183,12 +211,17 @@ class MLLMClient:
         max_retries: int = 2,
         concurrency: int = 64,
         cooldown_s: float = 10.0,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
         not_configured: str = "no MLLM is configured: set ETCHR_MLLM_BASE_URL and ETCHR_MLLM_MODEL",
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if max_reply_chars < 256:  # room for a head, a tail and the cut marker
+            raise ValueError(f"max_reply_chars must be at least 256, got {max_reply_chars}")
         self._backends = list(backends)
         self._timeout_s = timeout_s
+        self._max_retries = max_retries
+        self._max_reply_chars = max_reply_chars
         self._cooldown_s = cooldown_s
         self._concurrency = concurrency
         self._not_configured = not_configured
@@ -226,6 +259,7 @@ class MLLMClient:
             max_retries=settings.mllm_max_retries,
             concurrency=settings.mllm_concurrency,
             cooldown_s=settings.mllm_backend_cooldown_s,
+            max_reply_chars=settings.mllm_max_reply_chars,
             not_configured=f"no {'judge' if role == 'judge' else 'MLLM'} is configured: set {variables}",
         )
 
@@ -269,21 +303,28 @@ class MLLMClient:
         """``n`` decodings of one chat; ``extra`` goes to ``chat.completions.create`` as is.
 
         ``n`` is asked for in one request; a backend that answers fewer choices is asked again for the rest.
+        So is one whose reply has some blank choices among good ones: the good ones are kept and only the
+        missing decodings are asked for again (each round keeps at least one, so this ends). A reply whose
+        choices are all blank (or that has none) is retried, then failed over (see ``_complete``). Every
+        HTTP request counts in ``ChatResult.requests``; each text is capped at ``max_reply_chars``.
         """
         self.require_configured()
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         texts: list[str] = []
+        truncated: list[bool] = []
         answered: list[str] = []
         requests = 0
         while len(texts) < n:
             wanted = n - len(texts)
             got, backend, made = await self._complete(messages, temperature, max_tokens, wanted, extra)
-            texts.extend(got[: n - len(texts)])
+            for decoding in got[:wanted]:
+                texts.append(decoding.text)
+                truncated.append(decoding.truncated)
             requests += made
             if backend.label not in answered:
                 answered.append(backend.label)
-        return ChatResult(texts=texts, backend=", ".join(answered), requests=requests)
+        return ChatResult(texts=texts, backend=", ".join(answered), requests=requests, truncated=truncated)
 
     async def ping(self) -> str | None:
         """``None`` when at least one backend answers ``GET /models``, else why none did (for /readyz)."""
@@ -320,8 +361,14 @@ class MLLMClient:
         max_tokens: int | None,
         n: int,
         extra: dict[str, Any],
-    ) -> tuple[list[str], Backend, int]:
-        """One completion request, failed over across backends: (texts, who answered, HTTP requests made)."""
+    ) -> tuple[list[_Decoding], Backend, int]:
+        """One completion request, failed over across backends: (usable decodings, who answered, HTTP
+        requests made).
+
+        A backend answering 200 with no usable choice (none at all, or only null/empty/blank content) is
+        asked again up to ``max_retries`` times after a short backoff — the openai client only retries on
+        statuses — then counts as failed like one answering 5xx: cooled down, and the next backend is tried.
+        """
         failures: list[str] = []
         made = 0
         options = dict(extra)
@@ -329,30 +376,44 @@ class MLLMClient:
             options["max_tokens"] = max_tokens
         for index in self._order():
             backend, client = self._backends[index], self._clients[index]
-            try:
-                async with self._slots():
-                    raw = await client.chat.completions.with_raw_response.create(
-                        model=backend.model, messages=messages, temperature=temperature, n=n, **options
+            for attempt in range(self._max_retries + 1):
+                if attempt:
+                    backoff = _EMPTY_RETRY_BACKOFF_S * 2 ** (attempt - 1)
+                    await asyncio.sleep(min(backoff, _EMPTY_RETRY_BACKOFF_MAX_S))
+                try:
+                    async with self._slots():
+                        raw = await client.chat.completions.with_raw_response.create(
+                            model=backend.model, messages=messages, temperature=temperature, n=n, **options
+                        )
+                    made += raw.retries_taken + 1
+                    choices = raw.parse().choices or []
+                    decodings = _usable(choices, self._max_reply_chars)
+                except openai.APIStatusError as err:
+                    made += _attempts(err.response.request)
+                    if err.status_code < 500 and err.status_code not in _TRANSIENT_4XX:
+                        raise MLLMRejected(
+                            f"MLLM {backend.label} rejected the request: {_describe(err)}", backend.label
+                        ) from err
+                    failure = _describe(err)
+                except openai.APIError as err:  # connection refused, timeout, a response that is not JSON
+                    made += _attempts(err.request)
+                    failure = _describe(err)
+                except (ValueError, TypeError, AttributeError) as err:  # a 200 that is no chat completion
+                    failure = f"invalid response ({type(err).__name__}: {err})"
+                else:
+                    if decodings:
+                        self._down_until.pop(index, None)
+                        return decodings, backend, made
+                    failure = (
+                        "answered with empty content (null, empty or blank message.content)"
+                        if choices
+                        else "answered with no choices"
                     )
-                made += raw.retries_taken + 1
-                texts = [choice.message.content or "" for choice in raw.parse().choices or []]
-            except openai.APIStatusError as err:
-                made += _attempts(err.response.request)
-                if err.status_code < 500 and err.status_code not in _TRANSIENT_4XX:
-                    raise MLLMRejected(
-                        f"MLLM {backend.label} rejected the request: {_describe(err)}", backend.label
-                    ) from err
-                failure = _describe(err)
-            except openai.APIError as err:  # connection refused, timeout, a response that is not JSON
-                made += _attempts(err.request)
-                failure = _describe(err)
-            except (ValueError, TypeError, AttributeError) as err:  # a 200 body that is no chat completion
-                failure = f"invalid response ({type(err).__name__}: {err})"
-            else:
-                if texts:
-                    self._down_until.pop(index, None)
-                    return texts, backend, made
-                failure = "answered with no choices"
+                    if attempt < self._max_retries:
+                        continue
+                    if self._max_retries:
+                        failure += f", {self._max_retries + 1} times"
+                break
             self._down_until[index] = time.monotonic() + self._cooldown_s
             failures.append(f"{backend.label}: {failure}")
         raise MLLMUnavailable("no MLLM backend answered: " + "; ".join(failures), ", ".join(self.labels))

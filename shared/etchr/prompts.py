@@ -28,10 +28,13 @@ class AnswerPrompts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reason_direct: str = f"Question: {QUESTION}\n\n{_FINAL}"
+    # The authors' recipe in meaning: say which image is which, and have U rely on the helper view. (For
+    # jigsaw the original is the shuffled puzzle and for 3D the new view differs on purpose: "trust the
+    # original" would point U away from the very evidence the edit exists to give.)
     reason_with_edit: str = (
-        "You are given two images. The first is the original image. The second is a helper view made from "
-        f"it by an image editor to make the evidence explicit ({EDIT}). Use the helper view to find the "
-        "evidence, and trust the original where they disagree.\n\n"
+        "You are given two images. The first is the original image. The second is a helper view that an "
+        f"image editor made from it for this question; it shows {EDIT}. Focus on the helper view and answer "
+        "from what it shows; use the original only for details the helper view leaves out.\n\n"
         f"Question: {QUESTION}\n\n{_FINAL}"
     )
     route: str = (

@@ -7,7 +7,7 @@ record holds the job's status, so a re-delivered job that already finished is re
 re-processing is harmless. Keys, for ``name``: ``{name}:jobs`` (stream), ``{name}:dead`` (dead letters),
 ``{name}:job:{id}`` (record hash), ``{name}:done:{id}`` (completion notification list).
 
-Redis connection errors and timeouts propagate unchanged (callers map them to 503), except that storing a
+Redis errors propagate unchanged (the HTTP layer maps every one of them to 503), except that storing a
 result may be asked to ride out a short outage first (``complete``/``fail`` with ``retry_s``).
 """
 
@@ -61,6 +61,30 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', ARGV[1], 'consume
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+
+
+# Admission under a bound: the depth check and the enqueue in one step, so concurrent producers cannot all
+# pass the check before any of them enqueues. XLEN is waiting + running (finished entries are XDEL'd). XADD is
+# the first write on purpose: Redis checks maxmemory in a script without flags only until its first write,
+# so at maxmemory the XADD is refused and nothing is left behind (a DEL first would let every write through).
+_ENQUEUE_BOUNDED_LUA = f"""
+local depth = redis.call('XLEN', KEYS[1])
+if depth >= tonumber(ARGV[1]) then return {{0, depth}} end
+redis.call('XADD', KEYS[1], '*', '{JOB_ID_FIELD}', ARGV[2], unpack(ARGV, 6))
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[2], 'status', 'queued', 'created_ms', ARGV[3], 'meta', ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {{1, depth + 1}}
+"""
+
+
+class QueueFull(Exception):
+    """The queue already held ``limit`` jobs; nothing was enqueued."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"the queue holds {depth} jobs (limit {limit})")
+        self.depth = depth
+        self.limit = limit
 
 
 class JobStatus(StrEnum):
@@ -178,6 +202,7 @@ class JobQueue:
         self._block_cap_s = 0.8 * socket_timeout if socket_timeout else math.inf
         self._finish = redis.register_script(_FINISH_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
+        self._enqueue_bounded = redis.register_script(_ENQUEUE_BOUNDED_LUA)
 
     def record_key(self, job_id: str) -> str:
         return f"{self.name}:job:{job_id}"
@@ -204,10 +229,36 @@ class JobQueue:
         return await call()
 
     async def enqueue(
-        self, job_id: str, fields: Mapping[str, bytes | str], *, meta: Mapping[str, str] | None = None
+        self,
+        job_id: str,
+        fields: Mapping[str, bytes | str],
+        *,
+        meta: Mapping[str, str] | None = None,
+        max_depth: int | None = None,
     ) -> None:
-        """Write the record (queued) and the stream entry atomically. Job ids must be fresh (e.g. uuid4)."""
-        await self.enqueue_many([(job_id, fields, meta or {})])
+        """Write the record (queued) and the stream entry atomically. Job ids must be fresh (e.g. uuid4).
+
+        ``max_depth``: raise QueueFull instead when the queue already holds that many jobs (waiting +
+        running); the check and the enqueue are one atomic step, so the bound holds under any concurrency.
+        """
+        if max_depth is None:
+            await self.enqueue_many([(job_id, fields, meta or {})])
+            return
+        if JOB_ID_FIELD in fields:
+            raise ValueError(f"payload field name {JOB_ID_FIELD!r} is reserved")
+        keys = [self.stream, self.record_key(job_id), self.done_key(job_id)]
+        args: list[bytes | str | int] = [
+            max_depth,
+            job_id,
+            _now_ms(),
+            json.dumps(dict(meta or {})),
+            self.record_ttl_s,
+        ]
+        for name, value in fields.items():
+            args.extend((name, value))
+        accepted, depth = await self._enqueue_bounded(keys=keys, args=args)
+        if not accepted:
+            raise QueueFull(int(depth), max_depth)
 
     async def enqueue_many(
         self, jobs: Sequence[tuple[str, Mapping[str, bytes | str], Mapping[str, str]]]

@@ -34,6 +34,15 @@ class CommonSettings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, gt=0)
     # Request body limit (413). Base64 inflates by 4/3: 32 MiB carries a ~24 MB image.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Slow clients (etchr.serving): a request head must arrive within the header timeout (else 408 and
+    # close); a body may pause at most the body timeout and must average the min rate (bytes/s, 0: no rate
+    # rule) after that grace (else 408); idle keep-alive connections close after keep-alive seconds; a
+    # request line or head above max head bytes gets 414/431.
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_body_min_rate: int = Field(default=16 * 1024, ge=0)
+    http_keep_alive_s: float = Field(default=5.0, gt=0)
+    http_max_head_bytes: int = Field(default=32 * 1024, ge=1024)
     # Redis queues: a job a dead worker held is re-delivered after this idle time (keep it above the slowest
     # batch); after max deliveries it is dead-lettered; finished jobs stay readable for the result TTL.
     queue_reclaim_s: float = Field(default=600.0, gt=0)
@@ -107,6 +116,10 @@ class MLLMSettings(CommonSettings):
     mllm_concurrency: int = Field(default=64, ge=1)
     # A backend that failed is skipped for this long while another is available.
     mllm_backend_cooldown_s: float = Field(default=10.0, ge=0)
+    # Longest reply text (characters, per decoding) callers see; a longer one keeps its head and its tail (the
+    # final answer / verdict) with the cut marked. A 4096-token reasoning reply is ~16-20k characters, so
+    # 32768 leaves honest replies whole while a runaway or hostile 10 MB one cannot bloat /answer or Redis.
+    mllm_max_reply_chars: int = Field(default=32_768, ge=1024)
     # JSON overriding the answer / routing prompts (verifier and reward service alike; docs/prompts.md).
     prompts_file: str | None = None
 
@@ -123,9 +136,17 @@ class VerifierSettings(MLLMSettings):
     verifier_edit_timeout_s: float = Field(default=120.0, gt=0)
     # In evr mode, answer from the original image while the edit is made, so a rejected edit costs no wait.
     verifier_speculative: bool = True
-    verifier_max_tokens: int = Field(default=1024, ge=1)
+    # Reasoning replies (the authors' release: 4096) and judge replies (a thinking judge reasons before its
+    # verdict; a cut reply with no verdict counts as not reliable). Also the routing call's budget.
+    verifier_max_tokens: int = Field(default=4096, ge=1)
+    verifier_judge_max_tokens: int = Field(default=2048, ge=1)
     verifier_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     verifier_route_cache_ttl_s: int = Field(default=86400, ge=1)
+    # One deadline for a whole /answer (or chat completion): past it, 504 and its MLLM calls are cancelled.
+    # 300 s covers a slow healthy EVR (routing, an edit up to its 120 s timeout, a thinking judge, a
+    # 4096-token reasoning reply at ~50 tokens/s) but not a hanging MLLM, which ETCHR_MLLM_TIMEOUT_S × (1 +
+    # ETCHR_MLLM_MAX_RETRIES) would hold for 360 s per call. Same value as ETCHR_EDITOR_DEADLINE_S.
+    verifier_deadline_s: float = Field(default=300.0, gt=0)
 
 
 class RewardSettings(MLLMSettings):
@@ -138,7 +159,12 @@ class RewardSettings(MLLMSettings):
     # Temperatures of U's K guidance decodings and J's K correctness decodings (stochastic: soft rewards).
     reward_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     reward_judge_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    reward_max_tokens: int = Field(default=512, ge=1)
+    # Per decoding: U's answers (R_guid, Eq. 1) and the judge's verdicts (R_corr, open answers). A reply cut
+    # with no answer/verdict fails its query (502), never a made-up score.
+    reward_max_tokens: int = Field(default=4096, ge=1)
+    reward_judge_max_tokens: int = Field(default=2048, ge=1)
+    # What R_corr's judge sees: "both" = [original, edit]; "edit" = the edit alone (the authors' release).
+    reward_correctness_images: Literal["both", "edit"] = "both"
     # Ask the judge when the matching rules cannot decide an open answer (else it counts as wrong).
     reward_open_judge: bool = True
     reward_cache_ttl_s: int = Field(default=7 * 86400, ge=1)
@@ -152,3 +178,5 @@ class EvalSettings(MLLMSettings):
 
     verifier_url: str = "http://localhost:8002"
     verifier_api_key: str | None = None
+    # The open-answer judge's budget (a thinking judge reasons before its verdict).
+    eval_judge_max_tokens: int = Field(default=2048, ge=1)

@@ -3,7 +3,9 @@
 The editor is conditioned on ``meta_prompt + " " + question`` — not on an edit instruction — so the
 serving path, the SFT trainer and the RL sampler must build that text identically, or the LoRA sees a
 prompt distribution it was never trained on. :meth:`TaskRegistry.editor_prompt` is that single builder;
-:meth:`TaskRegistry.judge_prompt` is its counterpart for verification (EVR) and R_corr.
+:meth:`TaskRegistry.judge_prompt` is its counterpart for verification (EVR) and R_corr, in two variants:
+the judge sees [original, edit] (``images="both"``) or the edit alone (``images="edit"``, the authors'
+R_corr). Every judge prompt ends in the one reply convention, :data:`JUDGE_REPLY_CONVENTION`.
 
 Prompts are configurable per family through a JSON file (``ETCHR_TASKS_FILE``, see docs/tasks.md), and
 every family carries a short content hash (:attr:`TaskFamily.version`) so caches of judge verdicts or
@@ -18,12 +20,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 __all__ = [
+    "JUDGE_IMAGES",
+    "JUDGE_REPLY_CONVENTION",
     "QUESTION_PLACEHOLDER",
     "TASK_IDS",
+    "JudgeImages",
     "TaskFamily",
     "TaskRegistry",
     "UnknownTaskError",
@@ -32,23 +38,44 @@ __all__ = [
 TASK_IDS: tuple[str, ...] = ("perception", "chart", "logic", "jigsaw", "3d")
 # Where a judge prompt takes the question; filled by plain substitution, so other braces are literal.
 QUESTION_PLACEHOLDER = "{question}"
+# Which images a judge call sends: [original, edit] in that order, or the edit alone.
+JudgeImages = Literal["both", "edit"]
+JUDGE_IMAGES: tuple[JudgeImages, ...] = get_args(JudgeImages)
+# How every default judge prompt asks for its verdict (EVR and R_corr alike; why: docs/recipe.md). A boxed
+# verdict is found unambiguously after any reasoning, whatever numbers the reasoning mentions.
+JUDGE_REPLY_CONVENTION = (
+    "Think it through briefly if you need to, then end your reply with \\boxed{1} if the answer is yes "
+    "or \\boxed{0} if it is no."
+)
 
 
 @dataclass(frozen=True)
 class TaskFamily:
-    """One task family: what its edit shows, the editor's meta-prompt and the judge's prompt template."""
+    """One task family: what its edit shows, the editor's meta-prompt and the judge's two prompt templates.
+
+    ``judge_prompt`` goes with [original, edit]; ``judge_prompt_edit_only`` with the edit alone.
+    """
 
     id: str
     name: str
     edit: str
     meta_prompt: str
     judge_prompt: str
+    judge_prompt_edit_only: str
 
     @property
     def version(self) -> str:
-        """12 hex digits hashing the prompts: changes whenever either prompt changes, so caches key on it."""
-        content = "\x00".join((self.id, self.meta_prompt, self.judge_prompt))
+        """12 hex digits hashing the prompts: changes whenever any prompt changes, so caches key on it."""
+        content = "\x00".join((self.id, self.meta_prompt, self.judge_prompt, self.judge_prompt_edit_only))
         return hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
+
+    def judge_template(self, images: JudgeImages = "both") -> str:
+        """The judge prompt template for the images the judge is sent."""
+        if images == "both":
+            return self.judge_prompt
+        if images == "edit":
+            return self.judge_prompt_edit_only
+        raise ValueError(f"judge images must be one of {', '.join(JUDGE_IMAGES)}, not {images!r}")
 
 
 class UnknownTaskError(ValueError):
@@ -62,12 +89,28 @@ class UnknownTaskError(ValueError):
 
 # ------------------------------------------------------------------------------------- default prompts
 
-_JUDGE_HEAD = (
-    "You are shown two images. The first is the original image; the second is an edited version of it, "
-    "made to help answer the question below.\n\n"
+# [original, edit]: the judge is told which image is which, as the images arrive in that order.
+_JUDGE_HEAD_BOTH = (
+    "You are shown two images. The first is the original image; the second is a helper view made from it "
+    "by an image editor to help answer the question below.\n\n"
     f"Question: {QUESTION_PLACEHOLDER}\n\n"
 )
-_JUDGE_TAIL = "\n\nAnswer with a single digit: 1 if yes, 0 if no."
+# The edit alone (the authors' R_corr): the judge must decide from the helper view by itself.
+_JUDGE_HEAD_EDIT = (
+    "You are shown one image: a helper view that an image editor made to help answer the question below. "
+    "The image it was made from is not shown.\n\n"
+    f"Question: {QUESTION_PLACEHOLDER}\n\n"
+)
+_JUDGE_TAIL = f"\n\n{JUDGE_REPLY_CONVENTION}"
+
+
+def _judge_prompts(both: str, edit_only: str) -> dict[str, str]:
+    """A family's two judge prompts from their criteria: shared head per image set, one reply convention."""
+    return {
+        "judge_prompt": _JUDGE_HEAD_BOTH + both + _JUDGE_TAIL,
+        "judge_prompt_edit_only": _JUDGE_HEAD_EDIT + edit_only + _JUDGE_TAIL,
+    }
+
 
 _DEFAULT_FAMILIES: tuple[TaskFamily, ...] = (
     TaskFamily(
@@ -78,14 +121,20 @@ _DEFAULT_FAMILIES: tuple[TaskFamily, ...] = (
             "Draw a red box around the object(s) the question asks about, so the details needed to answer "
             "it stand out; leave the rest of the image unchanged."
         ),
-        judge_prompt=_JUDGE_HEAD
-        + (
-            "Does the second image mark the object(s) the question asks about with a red box that encloses "
-            "them, so that the information needed to answer the question is clearly visible? Answer 0 if "
-            "there is no red box, if a box frames the wrong object or misses part of what is needed, or if "
-            "the edit altered or hid the content needed to answer."
-        )
-        + _JUDGE_TAIL,
+        **_judge_prompts(
+            both=(
+                "Does the second image mark the object(s) the question asks about with a red box that "
+                "encloses them, so that the information needed to answer the question is clearly visible? "
+                "The answer is no if there is no red box, if a box frames the wrong object or misses part "
+                "of what is needed, or if the edit altered or hid the content needed to answer."
+            ),
+            edit_only=(
+                "Does this image mark the object(s) the question asks about with a red box that encloses "
+                "them, so that the information needed to answer the question is clearly visible? The answer "
+                "is no if there is no red box, if a box frames the wrong object or misses part of what is "
+                "needed, or if the content needed to answer is hidden or garbled."
+            ),
+        ),
     ),
     TaskFamily(
         id="chart",
@@ -95,14 +144,20 @@ _DEFAULT_FAMILIES: tuple[TaskFamily, ...] = (
             "Draw a red box around the chart elements (bars, points, lines, labels, legend entries or cells) "
             "needed to answer the question; leave the rest of the chart unchanged."
         ),
-        judge_prompt=_JUDGE_HEAD
-        + (
-            "Does the second image mark, with red boxes, exactly the chart elements (bars, points, lines, "
-            "labels, legend entries or cells) whose values are needed to answer the question, with their "
-            "values still readable? Answer 0 if there is no red box, if a box frames the wrong elements or "
-            "misses a needed one, or if the edit altered the chart's data."
-        )
-        + _JUDGE_TAIL,
+        **_judge_prompts(
+            both=(
+                "Does the second image mark, with red boxes, exactly the chart elements (bars, points, "
+                "lines, labels, legend entries or cells) whose values are needed to answer the question, "
+                "with their values still readable? The answer is no if there is no red box, if a box frames "
+                "the wrong elements or misses a needed one, or if the edit altered the chart's data."
+            ),
+            edit_only=(
+                "Does this chart mark, with red boxes, exactly the chart elements (bars, points, lines, "
+                "labels, legend entries or cells) whose values are needed to answer the question, with "
+                "their values readable? The answer is no if there is no red box, if a box frames the wrong "
+                "elements or misses a needed one, or if the values needed are garbled or unreadable."
+            ),
+        ),
     ),
     TaskFamily(
         id="logic",
@@ -113,14 +168,21 @@ _DEFAULT_FAMILIES: tuple[TaskFamily, ...] = (
             "down, left or right through open cells and avoids walls and holes; leave the rest of the image "
             "unchanged."
         ),
-        judge_prompt=_JUDGE_HEAD
-        + (
-            "Does the second image show a valid solution path: one continuous line from the start to the "
-            "goal that moves only up, down, left or right, never crosses a wall, hole or other obstacle, "
-            "and lies on the same layout as the original? Answer 0 if there is no path, if it is broken, "
-            "diagonal, ends elsewhere or crosses an obstacle, or if the layout itself was changed."
-        )
-        + _JUDGE_TAIL,
+        **_judge_prompts(
+            both=(
+                "Does the second image show a valid solution path: one continuous line from the start to "
+                "the goal that moves only up, down, left or right, never crosses a wall, hole or other "
+                "obstacle, and lies on the same layout as the original? The answer is no if there is no "
+                "path, if it is broken, diagonal, ends elsewhere or crosses an obstacle, or if the layout "
+                "itself was changed."
+            ),
+            edit_only=(
+                "Does this image show a valid solution path: one continuous line from the start to the goal "
+                "that moves only up, down, left or right and never crosses a wall, hole or other obstacle? "
+                "The answer is no if there is no path, if it is broken, diagonal, ends elsewhere or crosses "
+                "an obstacle, or if the layout is garbled."
+            ),
+        ),
     ),
     TaskFamily(
         id="jigsaw",
@@ -130,13 +192,19 @@ _DEFAULT_FAMILIES: tuple[TaskFamily, ...] = (
             "Restore the shuffled jigsaw: move every patch back to its original position so the picture is "
             "whole and coherent, without changing the content of any patch."
         ),
-        judge_prompt=_JUDGE_HEAD
-        + (
-            "The first image is a jigsaw puzzle whose patches were shuffled. Is the second image a correct "
-            "restoration of it: every patch of the first image placed back in its original position, "
-            "forming one coherent picture, with no patch lost, duplicated, invented or altered?"
-        )
-        + _JUDGE_TAIL,
+        **_judge_prompts(
+            both=(
+                "The first image is a jigsaw puzzle whose patches were shuffled. Is the second image a "
+                "correct restoration of it: every patch of the first image placed back in its original "
+                "position, forming one coherent picture, with no patch lost, duplicated, invented or "
+                "altered?"
+            ),
+            edit_only=(
+                "The image is meant to be a shuffled jigsaw puzzle put back together. Is it one coherent "
+                "picture in which every patch continues its neighbours, with no edges that fail to line up "
+                "and no patch missing, duplicated or out of place?"
+            ),
+        ),
     ),
     TaskFamily(
         id="3d",
@@ -144,13 +212,17 @@ _DEFAULT_FAMILIES: tuple[TaskFamily, ...] = (
         edit="the scene rendered from the viewpoint the question needs",
         # The released ETCHR checkpoint was trained with exactly this sentence for its 3D family.
         meta_prompt="Imagine a new perspective of the original image that helps answer the question.",
-        judge_prompt=_JUDGE_HEAD
-        + (
-            "Does the second image show the same scene as the first from a new viewpoint that makes the "
-            "objects and spatial relations the question asks about visible, consistent with the original "
-            "scene (no objects invented, removed or moved)?"
-        )
-        + _JUDGE_TAIL,
+        **_judge_prompts(
+            both=(
+                "Does the second image show the same scene as the first from a new viewpoint that makes the "
+                "objects and spatial relations the question asks about visible, consistent with the "
+                "original scene (no objects invented, removed or moved)?"
+            ),
+            edit_only=(
+                "Does this image show a coherent, physically plausible scene from a viewpoint that makes "
+                "the objects and spatial relations the question asks about clearly visible?"
+            ),
+        ),
     ),
 )
 
@@ -165,6 +237,7 @@ class _FamilyOverride(BaseModel):
 
     meta_prompt: str | None = None
     judge_prompt: str | None = None
+    judge_prompt_edit_only: str | None = None
 
     @field_validator("meta_prompt")
     @classmethod
@@ -173,11 +246,11 @@ class _FamilyOverride(BaseModel):
             _check_meta_prompt(value)
         return value
 
-    @field_validator("judge_prompt")
+    @field_validator("judge_prompt", "judge_prompt_edit_only")
     @classmethod
-    def _check_judge(cls, value: str | None) -> str | None:
+    def _check_judge(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            _check_judge_prompt(value)
+            _check_judge_prompt(value, str(info.field_name))
         return value
 
 
@@ -190,11 +263,11 @@ def _check_meta_prompt(text: str) -> None:
         )
 
 
-def _check_judge_prompt(text: str) -> None:
+def _check_judge_prompt(text: str, field: str = "judge_prompt") -> None:
     if not text.strip():
-        raise ValueError("judge_prompt must not be empty")
+        raise ValueError(f"{field} must not be empty")
     if QUESTION_PLACEHOLDER not in text:
-        raise ValueError(f"judge_prompt must contain {QUESTION_PLACEHOLDER} where the question goes")
+        raise ValueError(f"{field} must contain {QUESTION_PLACEHOLDER} where the question goes")
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -212,6 +285,7 @@ class TaskRegistry:
             try:
                 _check_meta_prompt(family.meta_prompt)
                 _check_judge_prompt(family.judge_prompt)
+                _check_judge_prompt(family.judge_prompt_edit_only, "judge_prompt_edit_only")
             except ValueError as exc:
                 raise ValueError(f"task family {key!r}: {exc}") from None
         self._families: Mapping[str, TaskFamily] = MappingProxyType(dict(families))
@@ -225,9 +299,10 @@ class TaskRegistry:
     def from_file(cls, path: str | Path | None) -> TaskRegistry:
         """The defaults with per-family prompt overrides from a JSON file; ``None`` or "" gives the defaults.
 
-        The file maps family ids to ``{"meta_prompt"?, "judge_prompt"?}``. Any problem — unreadable
-        file, bad JSON, unknown family id or field, empty prompt, judge prompt without ``{question}`` —
-        raises ValueError naming the file and the offending entries, so a bad deployment fails at start-up.
+        The file maps family ids to ``{"meta_prompt"?, "judge_prompt"?, "judge_prompt_edit_only"?}``. Any
+        problem — unreadable file, bad JSON, unknown family id or field, empty prompt, judge prompt without
+        ``{question}`` — raises ValueError naming the file and the offending entries, so a bad deployment
+        fails at start-up.
         """
         base = cls.default()
         if path is None or not str(path).strip():
@@ -251,7 +326,10 @@ class TaskRegistry:
         problems: list[str] = []
         for task_id, raw in data.items():
             if not isinstance(raw, dict):
-                problems.append(f"{task_id}: must be an object with meta_prompt and/or judge_prompt")
+                problems.append(
+                    f"{task_id}: must be an object with meta_prompt, judge_prompt and/or "
+                    "judge_prompt_edit_only"
+                )
                 continue
             try:
                 override = _FamilyOverride.model_validate(raw)
@@ -291,9 +369,11 @@ class TaskRegistry:
         family = self.get(task_id)
         return f"{family.meta_prompt.strip()} {question.strip()}".rstrip()
 
-    def judge_prompt(self, task_id: str, question: str) -> str:
-        """The judge's prompt with the question filled in; it asks for a single 1/0 verdict.
+    def judge_prompt(self, task_id: str, question: str, images: JudgeImages = "both") -> str:
+        """The judge's prompt with the question filled in; the defaults ask for a final ``\\boxed{1}/{0}``.
 
-        The judge is sent the original image first and the edited image second, as the prompt says.
+        ``images`` is what the caller sends, and the prompt says so: ``"both"`` = the original first and
+        the edit second (EVR, R_corr by default); ``"edit"`` = the edited image alone (the authors' R_corr).
         """
-        return self.get(task_id).judge_prompt.replace(QUESTION_PLACEHOLDER, question.strip())
+        template = self.get(task_id).judge_template(images)
+        return template.replace(QUESTION_PLACEHOLDER, question.strip())

@@ -98,7 +98,7 @@ def terminate_all(services: list[Service]) -> None:
 
 def test_evr_answer_reasons_on_the_image_the_editor_made(stack: Stack) -> None:
     body = assert_answered_from_the_edit(ask(stack.verifier.url, return_images=True))
-    assert body["verification"] == {"reliable": True, "raw": "1"} and body["task"] == "logic"
+    assert body["verification"] == {"reliable": True, "raw": "1", "cause": "yes"} and body["task"] == "logic"
 
     # the MLLM saw the original and then exactly the image an editor worker stored for this edit
     (reason,) = verifier_requests(stack, "reason_edit")
@@ -213,7 +213,7 @@ def test_redis_killed_and_restarted_the_stack_recovers_without_restarts(stack: S
     )
     assert_error(edit, 503, "redis_unavailable")
     # the verifier needs Redis only for its routing cache: it keeps answering, without the edit
-    fallback = assert_answered_without_the_edit(ask(stack.verifier.url), "editor_error")
+    fallback = assert_answered_without_the_edit(ask(stack.verifier.url), "editor_down")
     assert "503" in fallback["fallback_reason"]
     assert probe(stack.verifier.url) == 200
 
@@ -318,7 +318,7 @@ def test_queue_full_is_429_with_retry_after_and_the_verifier_answers_without_the
     full = httpx.post(f"{stack.editor.url}/edit", json=body, timeout=30)
     assert_error(full, 429, "queue_full")
     assert int(full.headers["retry-after"]) > 0
-    fallback = assert_answered_without_the_edit(ask(stack.verifier.url), "editor_error")
+    fallback = assert_answered_without_the_edit(ask(stack.verifier.url), "editor_busy")
     assert "429" in fallback["fallback_reason"]
 
     stack.resume_workers()  # accepted jobs are not lost: they finish once the worker is back

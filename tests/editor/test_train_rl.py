@@ -21,6 +21,7 @@ from PIL import Image
 
 from etchr.data.manifest import ManifestRow, read_manifest, write_manifest
 from etchr.settings import RewardSettings
+from etchr.tasks import JUDGE_REPLY_CONVENTION
 from etchr_editor.api import create_app as create_editor_app
 from etchr_editor.model import load_editor
 from etchr_editor.sampler import BatchedSampler, SampleRequest
@@ -38,7 +39,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.servers import AppLauncher, UvicornThread
 
 RIGHT, WRONG = "\\boxed{B}", "\\boxed{A}"
-JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
+JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
 K = 4
 ALONE_RIGHT, ALONE_WRONG = (128, 120, 128), (110, 110, 120)  # the two originals of the RL set
 QUESTION = "Which colour dominates the picture?\n(A) red\n(B) green\n(C) blue"
@@ -211,14 +212,15 @@ def test_mean_reward_rises_against_the_reward_service(
     fitted_editor_dir: Path, rl_set: Path, reward_url: str, judge: GreenJudge, tmp_path: Path
 ) -> None:
     """Thresholds at the quantiles of the untrained policy's greenness put the reward near 0.5 at first;
-    25 Pref-GRPO steps (lower SDE noise, η = 0.4, so the policy's own signal is not drowned) push it up.
+    35 Pref-GRPO steps (lower SDE noise, η = 0.4, so the policy's own signal is not drowned) push it up;
+    with one torch thread (as CI runs) 25 were not enough to rise clear of the step-to-step noise.
     The checkpoint's VAE is fitted: a random one decodes every latent to nearly the same picture, so no
     image-level reward could move."""
     spread_thresholds(judge, fitted_editor_dir, rl_set, eta=0.4)
     out = tmp_path / "rl"
-    train_rl(config(rl_set, fitted_editor_dir, out, reward_url, steps=25, save_every=0, lr=3e-2, eta=0.4))
+    train_rl(config(rl_set, fitted_editor_dir, out, reward_url, steps=35, save_every=0, lr=3e-2, eta=0.4))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == list(range(1, 26))
+    assert [row["step"] for row in rows] == list(range(1, 36))
     first = statistics.mean(row["reward_mean"] for row in rows[:6])
     last = statistics.mean(row["reward_mean"] for row in rows[-6:])
     assert last > first + 0.15, (first, last)

@@ -15,13 +15,14 @@ import pytest
 from PIL import Image
 
 from etchr.settings import RewardSettings
+from etchr.tasks import JUDGE_REPLY_CONVENTION
 from etchr_reward.api import create_app
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer
 from tests.support.servers import AppLauncher
 
 RIGHT, WRONG = "The evidence shows it.\n\\boxed{B}", "\\boxed{A}"
-JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
+JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (16, 16)) -> str:

@@ -229,7 +229,14 @@ def test_filter_keeps_only_rows_the_edit_turns_from_wrong_to_right(
     assert len(base) == 3 and all(r.image_count == 1 for r in base)
 
     soft = post(reward_service(), "/filter", {"items": [row("soft", 1, 3)], "k": 4}).json()
-    assert soft["items"][0] == {"id": "soft", "base_correct": 0.25, "edit_correct": 0.75, "keep": True}
+    assert soft["items"][0] == {
+        "id": "soft",
+        "base_correct": 0.25,
+        "edit_correct": 0.75,
+        "fails_alone": True,
+        "succeeds_with_edit": True,
+        "keep": True,
+    }
 
 
 def test_metrics(reward_service: RewardFactory) -> None:

@@ -25,6 +25,7 @@ from PIL import Image
 from starlette.routing import BaseRoute, Mount, Route
 
 from etchr.settings import EditorSettings, RewardSettings, VerifierSettings
+from etchr.tasks import JUDGE_REPLY_CONVENTION
 from etchr_editor.api import create_app as create_editor_app
 from etchr_reward.api import create_app as create_reward_app
 from etchr_verifier.api import create_app as create_verifier_app
@@ -38,7 +39,7 @@ SECOND_KEY = "sec-second-key-9876543210"
 SECOND_AUTH = {"authorization": f"Bearer {SECOND_KEY}"}
 MAX_BODY_BYTES = 1024 * 1024
 MAX_IMAGE_PIXELS = 256 * 256
-JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
+JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
 ROUTE_MARK = "Reply with exactly one word from"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from etchr.tasks import JUDGE_REPLY_CONVENTION
 from tests.security.conftest import API_KEY, Service, png_b64
 from tests.support.mllm_server import ScriptedMLLM
 from tests.support.redis_server import RedisServer, free_port
@@ -42,7 +43,7 @@ def assert_no_secret(text: str, where: str) -> None:
 
 def judge_or_answer(request: object) -> str:
     text = getattr(request, "text", "")
-    return "1" if "Answer with a single digit" in text else "The exit is B.\n\\boxed{B}"
+    return "1" if JUDGE_REPLY_CONVENTION in text else "The exit is B.\n\\boxed{B}"
 
 
 @pytest.fixture

@@ -10,33 +10,15 @@ import pytest
 from etchr.answers import (
     Match,
     Scorer,
+    explicit_final_answer,
     extract_final_answer,
     extract_option_letter,
     judge_prompt_for_open_answer,
     match_answer,
     normalize_answer,
     parse_number,
-    strip_reasoning,
 )
-
-# ------------------------------------------------------------------------------------------- reasoning
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("<think>it is A</think>The answer is B.", "The answer is B."),
-        ("<THINK>\nlong\n</THINK>\n\nB", "B"),
-        ("<think>a</think> x <thinking>b</thinking> y", "x  y"),
-        ("reasoning without an opener</think>\nC", "C"),  # opener sat in the chat template
-        ("<think>cut off by the token limit, maybe A", ""),
-        ("no reasoning at all", "no reasoning at all"),
-        ("", ""),
-    ],
-)
-def test_strip_reasoning(text: str, expected: str) -> None:
-    assert strip_reasoning(text) == expected
-
+from etchr.tasks import JUDGE_REPLY_CONVENTION
 
 # ------------------------------------------------------------------------------------------- extraction
 
@@ -571,5 +553,19 @@ def test_judge_prompt_for_open_answer() -> None:
     assert "Reference answer: on the left side" in prompt
     assert "Model's answer: Left of the laptop." in prompt
     assert "secret" not in prompt
-    assert prompt.endswith("Answer with a single digit: 1 if yes, 0 if no.")
+    assert prompt.endswith(JUDGE_REPLY_CONVENTION)  # the one reply convention every judge is asked for
     assert "(no answer)" in judge_prompt_for_open_answer("q", "<think>x", "y")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The path turns right twice, so the exit is B.\n\n\\boxed{B}\n\nTo double-check, the", "B"),
+        ("Counting the bars: 2019 is the tallest.\n**Final answer:** 2019\n\nLet me also verify", "2019"),
+        ("Let me look at the first image. The maze starts at the top left and the path goes", None),
+        ("<think>The second image shows the box around the cup, so the answer is", None),
+        ("(B)", None),  # a lone letter is only the last line: in a cut reply it is wherever the cut fell
+    ],
+)
+def test_explicit_final_answer_is_what_a_cut_reply_still_counts_for(text: str, expected: str | None) -> None:
+    assert explicit_final_answer(text) == expected

@@ -10,6 +10,7 @@ from etchr.tasks import TaskRegistry
 from etchr_verifier.routing import parse_route
 
 CHOICES = ("perception", "chart", "logic", "jigsaw", "3d", "none")
+VERSION_BEFORE_FOCUS_ON_THE_EDIT = "d32a4b7a78aa"  # the defaults that said "trust the original"
 
 
 def test_defaults_fill_every_placeholder() -> None:
@@ -27,6 +28,29 @@ def test_defaults_fill_every_placeholder() -> None:
     for family in tasks:
         assert f"- {family.id}: {family.edit}" in routing
     assert "perception, chart, logic, jigsaw, 3d, none" in routing
+
+
+@pytest.mark.parametrize("task_id", ["perception", "chart", "logic", "jigsaw", "3d"])
+def test_with_edit_says_which_image_is_which_and_to_rely_on_the_helper_view(task_id: str) -> None:
+    """The authors' recipe in meaning: image 1 is the original, image 2 the helper view made for this
+    question, and U relies on the helper view — never "trust the original", which is the shuffled puzzle
+    for jigsaw and the wrong viewpoint for 3d."""
+    tasks = TaskRegistry.default()
+    text = AnswerPrompts().with_edit("Which exit?", tasks.get(task_id).edit)
+    lowered = text.lower()
+    assert "the first is the original image" in lowered
+    assert "the second is a helper view" in lowered and "for this question" in lowered
+    assert "focus on the helper view" in lowered
+    assert "trust the original" not in lowered and "disagree" not in lowered
+    assert tasks.get(task_id).edit in text
+    assert text.endswith("give the final answer as \\boxed{...}.")
+
+
+def test_changed_defaults_have_a_new_version() -> None:
+    """R_guid and Eq. 1 results are cached per prompts version: none from the old wording returns."""
+    assert AnswerPrompts().version != VERSION_BEFORE_FOCUS_ON_THE_EDIT
+    old_wording = AnswerPrompts().reason_with_edit.replace("Focus on", "Trust the original, but look at")
+    assert AnswerPrompts(reason_with_edit=old_wording).version != AnswerPrompts().version
 
 
 def test_file_overrides_and_versions(tmp_path: Path) -> None:

@@ -2,14 +2,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from etchr.tasks import QUESTION_PLACEHOLDER, TASK_IDS, TaskFamily, TaskRegistry, UnknownTaskError
+from etchr.tasks import (
+    JUDGE_IMAGES,
+    JUDGE_REPLY_CONVENTION,
+    QUESTION_PLACEHOLDER,
+    TASK_IDS,
+    TaskFamily,
+    TaskRegistry,
+    UnknownTaskError,
+)
+from etchr.verdicts import read_verdict
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "tasks.md"
 QUESTION = "Is the {red} mug left of the laptop?\nA. yes  B. no"
+# The families' versions before issue 15 changed the judge prompts: caches keyed on them must not match.
+VERSIONS_BEFORE_BOXED_VERDICTS = {
+    "perception": "7ede09796528",
+    "chart": "77a6ca6de72b",
+    "logic": "5a3ec61a5cd7",
+    "jigsaw": "b3e900804970",
+    "3d": "15c4b536a66f",
+}
 
 
 def _write(tmp_path: Path, content: object) -> Path:
@@ -30,9 +48,27 @@ def test_every_family_has_prompts(task_id: str) -> None:
     assert family.name and family.edit
     assert len(family.meta_prompt) > 40
     assert QUESTION_PLACEHOLDER not in family.meta_prompt
-    assert family.judge_prompt.count(QUESTION_PLACEHOLDER) == 1
-    assert family.judge_prompt.rstrip().endswith("Answer with a single digit: 1 if yes, 0 if no.")
-    assert "first" in family.judge_prompt and "second" in family.judge_prompt  # original, then the edit
+    for template in (family.judge_prompt, family.judge_prompt_edit_only):
+        assert template.count(QUESTION_PLACEHOLDER) == 1
+        assert template.endswith(JUDGE_REPLY_CONVENTION)  # one reply convention for EVR and R_corr
+        assert "1 if yes" not in template and "single digit" not in template
+    # [original, edit]: the prompt says which is which; the edit alone: it never mentions a second image
+    assert "first" in family.judge_prompt and "second" in family.judge_prompt
+    assert "second" not in family.judge_prompt_edit_only and "first" not in family.judge_prompt_edit_only
+    assert "one image" in family.judge_prompt_edit_only
+    assert family.judge_prompt_edit_only != family.judge_prompt
+
+
+def test_the_reply_convention_is_a_final_boxed_verdict() -> None:
+    assert "\\boxed{1}" in JUDGE_REPLY_CONVENTION and "\\boxed{0}" in JUDGE_REPLY_CONVENTION
+    # What a judge that follows it writes is read as it meant, whatever numbers its reasoning mentions.
+    followed = {
+        "The red box in image 2 encloses the 1 mug the question asks about.\n\n\\boxed{1}": True,
+        "<think>Step 1: the path starts at S. Step 2: it crosses a wall at row 3.</think>\n\\boxed{0}": False,
+        "The second image shows 2 boxes, but neither frames the cup. **\\boxed{0}**": False,
+    }
+    for reply, meant in followed.items():
+        assert read_verdict(reply).value is meant, reply
 
 
 def test_meta_prompts_say_what_the_edit_shows() -> None:
@@ -68,7 +104,23 @@ def test_judge_prompt_fills_the_question(task_id: str) -> None:
     prompt = TaskRegistry.default().judge_prompt(task_id, QUESTION)
     assert QUESTION in prompt  # braces in the question are kept literally
     assert QUESTION_PLACEHOLDER not in prompt
-    assert "1 if yes, 0 if no" in prompt
+    assert prompt.endswith(JUDGE_REPLY_CONVENTION)
+
+
+@pytest.mark.parametrize("task_id", TASK_IDS)
+def test_judge_prompt_for_the_edit_alone(task_id: str) -> None:
+    """The authors' R_corr judge sees only the edited image: its prompt must not talk about two images."""
+    registry = TaskRegistry.default()
+    both = registry.judge_prompt(task_id, QUESTION)
+    edit_only = registry.judge_prompt(task_id, QUESTION, images="edit")
+    assert both == registry.judge_prompt(task_id, QUESTION, images="both")
+    assert edit_only != both
+    assert QUESTION in edit_only and QUESTION_PLACEHOLDER not in edit_only
+    assert edit_only.endswith(JUDGE_REPLY_CONVENTION)
+    assert "second image" not in edit_only and "second image" in both
+    assert JUDGE_IMAGES == ("both", "edit")
+    with pytest.raises(ValueError, match="both, edit"):
+        registry.judge_prompt(task_id, QUESTION, images="original")  # type: ignore[arg-type]
 
 
 def test_judge_prompt_does_not_expand_placeholders_inside_the_question() -> None:
@@ -104,6 +156,7 @@ def test_from_file_overrides_per_family(tmp_path: Path) -> None:
         {
             "logic": {"meta_prompt": "Draw the blue path from green to red."},
             "3d": {"judge_prompt": "Original then novel view. Q: {question}\nReply 1 or 0."},
+            "chart": {"judge_prompt_edit_only": "Only the chart. Q: {question}\n\\boxed{1} or \\boxed{0}?"},
         },
     )
     default = TaskRegistry.default()
@@ -116,6 +169,13 @@ def test_from_file_overrides_per_family(tmp_path: Path) -> None:
     )
     assert registry.get("3d").meta_prompt == default.get("3d").meta_prompt
     assert registry.get("perception") == default.get("perception")
+    # the edit-only variant is overridable on its own, and only it changes
+    assert registry.judge_prompt("chart", "Max?", images="edit") == (
+        "Only the chart. Q: Max?\n\\boxed{1} or \\boxed{0}?"
+    )
+    assert registry.judge_prompt("chart", "Max?") == default.judge_prompt("chart", "Max?")
+    where = ("3d", "Where?")
+    assert registry.judge_prompt(*where, images="edit") == default.judge_prompt(*where, images="edit")
     assert TaskRegistry.from_file(path).get("logic") == registry.get("logic")  # Path works too
 
 
@@ -130,6 +190,10 @@ def test_empty_object_file_gives_defaults(tmp_path: Path) -> None:
         ({"logc": {"meta_prompt": "x"}, "maze": {}}, ["'logc'", "'maze'", "perception"]),
         ({"logic": {"meta_promt": "x"}}, ["logic.meta_promt", "not permitted"]),
         ({"logic": {"judge_prompt": "no placeholder here"}}, ["logic.judge_prompt", "{question}"]),
+        (
+            {"logic": {"judge_prompt_edit_only": "no placeholder"}},
+            ["logic.judge_prompt_edit_only", "{question}"],
+        ),
         ({"logic": {"meta_prompt": "   "}}, ["logic.meta_prompt", "empty"]),
         ({"logic": {"meta_prompt": "Solve {question}"}}, ["logic.meta_prompt", "appended"]),
         ({"logic": {"meta_prompt": 3}}, ["logic.meta_prompt", "string"]),
@@ -174,6 +238,8 @@ def test_version_changes_when_a_prompt_changes(tmp_path: Path) -> None:
     family = TaskRegistry.default().get("jigsaw")
     assert dataclasses.replace(family, meta_prompt=family.meta_prompt + "!").version != family.version
     assert dataclasses.replace(family, judge_prompt=family.judge_prompt + "!").version != family.version
+    edit_only = dataclasses.replace(family, judge_prompt_edit_only=family.judge_prompt_edit_only + "!")
+    assert edit_only.version != family.version
     # Descriptive fields are not prompts: they do not invalidate caches.
     assert dataclasses.replace(family, name="other name").version == family.version
     overridden = TaskRegistry.from_file(_write(tmp_path, {"jigsaw": {"meta_prompt": "Restore it."}}))
@@ -187,6 +253,8 @@ def test_registry_validates_families() -> None:
         TaskRegistry({"chart": family})
     with pytest.raises(ValueError, match="question"):
         TaskRegistry({"logic": dataclasses.replace(family, judge_prompt="no slot")})
+    with pytest.raises(ValueError, match="judge_prompt_edit_only"):
+        TaskRegistry({"logic": dataclasses.replace(family, judge_prompt_edit_only="no slot")})
     with pytest.raises(ValueError):
         TaskRegistry({})
     custom = TaskRegistry({"logic": family})
@@ -202,7 +270,31 @@ def test_families_are_immutable() -> None:
 
 
 def test_docs_show_the_default_prompts_verbatim() -> None:
+    """The page's "Default prompts" section is exactly what the code holds: no prompt missing, none stale."""
     docs = DOCS.read_text(encoding="utf-8")
+    section = docs[docs.index("## Default prompts") :]
+    shown = re.findall(r"```text\n(.*?)\n```", section, flags=re.DOTALL)
+    expected = [
+        prompt
+        for family in TaskRegistry.default()
+        for prompt in (family.meta_prompt, family.judge_prompt, family.judge_prompt_edit_only)
+    ]
+    assert shown == expected
     for family in TaskRegistry.default():
-        assert family.meta_prompt in docs, family.id
-        assert family.judge_prompt in docs, family.id
+        assert f"### `{family.id}` — {family.name}" in section
+        assert f"The edit shows {family.edit}." in section
+
+
+def test_docs_override_example_is_a_valid_tasks_file(tmp_path: Path) -> None:
+    docs = DOCS.read_text(encoding="utf-8")
+    section = docs[docs.index("## Overriding the prompts") :]
+    example = re.search(r"```json\n(.*?)\n```", section, flags=re.DOTALL)
+    assert example is not None
+    registry = TaskRegistry.from_file(_write(tmp_path, example.group(1)))
+    assert registry.get("3d").judge_prompt_edit_only.startswith("This image is a view of a scene.")
+
+
+def test_changed_prompts_changed_every_version() -> None:
+    """Caches keyed on a family's version never serve verdicts given under the old 1/0-digit prompts."""
+    for family in TaskRegistry.default():
+        assert family.version != VERSIONS_BEFORE_BOXED_VERDICTS[family.id]

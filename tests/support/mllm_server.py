@@ -8,6 +8,11 @@ delay). Delays are ``asyncio.sleep``: a slow reply never blocks the others.
         client = MLLMClient([Backend(mllm.base_url, "key", "test-mllm")])
         ...
         assert mllm.requests[0].images[0].startswith("data:image/png;base64,")
+
+Failure injection: ``Reply(status=503)`` (an error body), ``Reply(content=None)`` (``"content": null``),
+``Reply(content=[])`` (``"choices": []``), ``Reply(content="   ")`` (blank), ``Reply(content="x" * 10**7)``
+(oversized), ``Reply(finish_reason="length")`` (cut at max_tokens), ``Reply(delay_s=...)`` (slow); and
+``fail_next`` / ``reply_next`` to answer the next requests that way before the responder is consulted.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ class RecordedRequest:
 
 @dataclass
 class Reply:
-    """What to answer. A list gives one choice per item; a ``None`` content is sent as JSON null.
+    """What to answer. A list gives one choice per item (``[]``: a 200 with ``"choices": []``); a ``None``
+    content is sent as JSON null; any string is sent as is, however long.
 
     A non-200 status answers an OpenAI-style error body whose message is ``content`` (when it is a string
     other than the default) or the status phrase.
@@ -67,6 +73,8 @@ class Reply:
     status: int = 200
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)  # e.g. {"retry-after-ms": "1"}
+    # "length" mimics a reply cut at max_tokens; a list gives one finish_reason per choice.
+    finish_reason: str | list[str] = "stop"
 
 
 Responder = Callable[[RecordedRequest], Reply | str]
@@ -140,7 +148,7 @@ class ScriptedMLLM:
         self.models = list(models)
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._failures: list[Reply] = []
+        self._next_replies: list[Reply] = []  # fail_next / reply_next: answered before the responder
         self.in_flight = 0
         self.max_in_flight = 0
         # Set by stop(): scripted delays end early so a client that gave up cannot hold shutdown.
@@ -181,10 +189,10 @@ class ScriptedMLLM:
             return list(self._requests)
 
     def reset(self) -> None:
-        """Forget recorded requests, pending failures and the in-flight maximum."""
+        """Forget recorded requests, replies queued by fail_next / reply_next and the in-flight maximum."""
         with self._lock:
             self._requests.clear()
-            self._failures.clear()
+            self._next_replies.clear()
             self.max_in_flight = self.in_flight
 
     def fail_next(self, count: int = 1, status: int = 503, *, retry_after_ms: int | None = 1) -> None:
@@ -193,8 +201,13 @@ class ScriptedMLLM:
         ``retry-after-ms`` defaults to 1 so the openai client's retry does not wait its ~0.5 s backoff.
         """
         headers = {} if retry_after_ms is None else {"retry-after-ms": str(retry_after_ms)}
+        self.reply_next(*(Reply(status=status, headers=headers) for _ in range(count)))
+
+    def reply_next(self, *replies: Reply | str) -> None:
+        """Answer the next chat requests with ``replies``, one each in order, before the responder is
+        consulted, e.g. ``reply_next(Reply(content=None), Reply(content=[]))`` for a null then no choices."""
         with self._lock:
-            self._failures.extend(Reply(status=status, headers=headers) for _ in range(count))
+            self._next_replies.extend(Reply(reply) if isinstance(reply, str) else reply for reply in replies)
 
     # ----------------------------------------------------------------------------------------------- app
 
@@ -220,11 +233,11 @@ class ScriptedMLLM:
                 self._requests.append(recorded)
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                scripted_failure = self._failures.pop(0) if self._failures else None
+                scripted = self._next_replies.pop(0) if self._next_replies else None
             try:
                 reply: Reply | str
-                if scripted_failure is not None:
-                    reply = scripted_failure
+                if scripted is not None:
+                    reply = scripted
                 else:
                     try:
                         reply = self.responder(recorded)
@@ -254,11 +267,12 @@ class ScriptedMLLM:
         contents = list(reply.content) if isinstance(reply.content, list) else [reply.content] * request.n
         if not self.honour_n:
             contents = contents[:1]
+        finish = reply.finish_reason
         choices = [
             {
                 "index": index,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "finish_reason": finish[index] if isinstance(finish, list) else finish,
                 "logprobs": None,
             }
             for index, content in enumerate(contents)

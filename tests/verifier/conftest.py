@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from etchr.settings import EditorSettings, VerifierSettings
+from etchr.tasks import JUDGE_REPLY_CONVENTION
 from etchr_editor.api import create_app as create_editor_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
@@ -16,7 +17,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.servers import AppLauncher, UvicornThread
 
 ROUTE_MARK = "Reply with exactly one word from"
-JUDGE_MARK = "Answer with a single digit: 1 if yes, 0 if no."
+JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
 
 
 def kind_of(request: RecordedRequest) -> str:

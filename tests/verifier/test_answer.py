@@ -34,7 +34,7 @@ def test_reliable_edit_is_used_and_the_model_sees_both_images(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["answer"] == "B" and body["used_edit"] is True and body["task"] == "logic"
-    assert body["verification"] == {"reliable": True, "raw": "1"}
+    assert body["verification"] == {"reliable": True, "raw": "1", "cause": "yes"}
     assert body["baseline_answer"] == "A", "the speculative direct answer is reported as the baseline"
     assert body["raw_answer"].startswith("Following the drawn path")
     assert body["fallback_reason"] is None and body["routed"] is False
@@ -55,14 +55,17 @@ def test_reliable_edit_is_used_and_the_model_sees_both_images(
     assert "helper view" in reason.text
 
 
-@pytest.mark.parametrize("verdict", ["0", "No.", "I cannot tell", ""])
+@pytest.mark.parametrize(
+    ("verdict", "cause"),
+    [("0", "no"), ("No.", "no"), ("I cannot tell", "hedge"), ("The second image shows a red line.", "none")],
+)
 def test_rejected_or_unparseable_verdict_falls_back_to_the_original(
-    verifier: VerifierFactory, mllm: ScriptedMLLM, script: Script, verdict: str
+    verifier: VerifierFactory, mllm: ScriptedMLLM, script: Script, verdict: str, cause: str
 ) -> None:
     script.verdict = verdict
     body = ask(verifier()).json()
     assert body["answer"] == "A" and body["used_edit"] is False
-    assert body["verification"] == {"reliable": False, "raw": verdict}
+    assert body["verification"] == {"reliable": False, "raw": verdict, "cause": cause}
     assert body["fallback_reason"].startswith("unreliable")
     assert body["baseline_answer"] is None and body["edited_image"] is None
     assert requests_of(mllm, "reason_edit") == []

@@ -34,7 +34,7 @@ from etchr.protocol.edit import (
     OpenAIImage,
     OpenAIImagesResponse,
 )
-from etchr.queue import JobQueue, JobRecord, JobStatus
+from etchr.queue import JobQueue, JobRecord, JobStatus, QueueFull
 from etchr.redis_client import connect_redis
 from etchr.settings import EditorSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
@@ -97,15 +97,10 @@ async def submit(
     else:
         assert image_bytes is not None
         image = await run_in_threadpool(decode_image_bytes, image_bytes, runtime.limits)
+    # A cheap early refusal, before the resize; the limit itself is enforced atomically by the enqueue below.
     depth = await runtime.queue.depth()
     if depth.total >= settings.editor_queue_max:
-        runtime.metrics.rejected.inc()
-        raise ServiceError(
-            429,
-            "queue_full",
-            f"the editor queue holds {depth.total} jobs (limit {settings.editor_queue_max}); retry later",
-            headers={"Retry-After": RETRY_AFTER_FULL_S},
-        )
+        raise _queue_full(runtime, depth.total)
     model_image = await run_in_threadpool(to_model_size, image, max_pixels=settings.editor_max_model_pixels)
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     job = EditJob(
@@ -119,12 +114,27 @@ async def submit(
         output_size=output_size or image.size,
         enqueued_ms=_now_ms(),
     )
-    await runtime.queue.enqueue(
-        job.id,
-        {"job": job.model_dump_json(), "pixels": model_image.tobytes()},
-        meta={"task": job.task, "prompt": job.prompt},
-    )
+    try:
+        await runtime.queue.enqueue(
+            job.id,
+            {"job": job.model_dump_json(), "pixels": model_image.tobytes()},
+            meta={"task": job.task, "prompt": job.prompt},
+            max_depth=settings.editor_queue_max,
+        )
+    except QueueFull as exc:
+        raise _queue_full(runtime, exc.depth) from None
     return job
+
+
+def _queue_full(runtime: EditorRuntime, depth: int) -> ServiceError:
+    runtime.metrics.rejected.inc()
+    limit = runtime.settings.editor_queue_max
+    return ServiceError(
+        429,
+        "queue_full",
+        f"the editor queue holds {depth} jobs (limit {limit}, ETCHR_EDITOR_QUEUE_MAX); retry later",
+        headers={"Retry-After": RETRY_AFTER_FULL_S},
+    )
 
 
 def build_response(record: JobRecord, *, finished_ms: int | None = None) -> EditResponse:
@@ -309,7 +319,10 @@ def create_app(settings: EditorSettings | None = None, *, editor: LoadedEditor |
         settings=settings,
         metrics=metrics,
         lifespan=lifespan,
-        readiness=[redis_readiness(lambda: app.state.runtime.redis), worker_readiness],
+        readiness=[
+            redis_readiness(lambda: app.state.runtime.redis, key_prefix=settings.redis_prefix),
+            worker_readiness,
+        ],
     )
     app.include_router(router)
     return app

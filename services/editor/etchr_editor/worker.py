@@ -22,6 +22,7 @@ import redis.exceptions
 import uvicorn
 from PIL import Image
 
+from etchr import serving
 from etchr.http import create_app, redis_readiness
 from etchr.imaging import encode_png_base64, fit_model_size, restore_size
 from etchr.protocol.edit import EditJob, EditResult
@@ -177,7 +178,7 @@ class EditorWorker:
             try:
                 await self.run_once()
                 backoff.reset()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except redis.exceptions.RedisError as exc:  # down, or refusing writes (maxmemory): wait it out
                 await backoff.pause(stop, exc)
         logger.info("worker %s stopped", self.consumer)
 
@@ -318,10 +319,15 @@ async def serve_worker(settings: EditorSettings) -> None:
             title="ETCHR editor worker",
             settings=settings,
             metrics=metrics,
-            readiness=[redis_readiness(lambda: client), worker.readiness],
+            readiness=[redis_readiness(lambda: client, key_prefix=settings.redis_prefix), worker.readiness],
         )
-        config = uvicorn.Config(
-            app, host="0.0.0.0", port=settings.editor_worker_metrics_port, lifespan="off", log_level="warning"
+        config = serving.uvicorn_config(
+            app,
+            settings=settings,
+            host="0.0.0.0",
+            port=settings.editor_worker_metrics_port,
+            lifespan="off",
+            log_level="warning",
         )
         probes = _ProbeServer(config)
         probes_task = asyncio.create_task(probes.serve())

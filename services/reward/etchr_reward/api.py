@@ -29,6 +29,7 @@ from etchr.protocol.reward import (
 )
 from etchr.redis_client import connect_redis
 from etchr.settings import RewardSettings
+from etchr.tasks import JudgeImages
 from etchr_reward.advantages import combine, group_advantages
 from etchr_reward.dispatch import PendingQuery, QueryDispatcher
 from etchr_reward.metrics import RewardMetrics
@@ -38,6 +39,7 @@ from etchr_reward.worker import RewardWorker, build_scorer, reward_queue
 logger = logging.getLogger("etchr.reward.api")
 
 DEFAULT_TASK = "perception"
+GREEDY_TEMPERATURE = 0.0  # Eq. 1's greedy decoding
 
 
 @dataclass
@@ -76,8 +78,14 @@ def _query(
     item: RewardItem | FilterItem,
     images: tuple[bytes, ...],
     k: int,
+    *,
+    temperature: float | None = None,
+    correctness_images: JudgeImages = "both",
 ) -> PendingQuery:
-    """One query for ``item``; correctness queries carry no ground truth (the judge never sees it)."""
+    """One query for ``item``; correctness queries carry no ground truth (the judge never sees it).
+
+    ``temperature`` overrides the scorer's configured sampling temperature (Eq. 1's greedy decoding).
+    """
     graded = kind != "correctness"
     query = Query(
         kind=kind,
@@ -87,6 +95,8 @@ def _query(
         scorer=item.scorer if graded else None,
         meta=item.meta if graded else None,
         k=k,
+        temperature=temperature,
+        correctness_images=correctness_images,
     )
     return PendingQuery(runtime.scorer.digest(query, images), query, images)
 
@@ -123,6 +133,7 @@ async def reward(body: RewardRequest, runtime: RewardRuntime = Depends(get_runti
     """Score G edits per item: guidance and correctness over k decodings, combined with α, then advantages."""
     started = time.perf_counter()
     _check_request(runtime, body.items, sum(2 * len(item.edits) for item in body.items))
+    judge_images = body.correctness_images or runtime.settings.reward_correctness_images
     plan: list[list[tuple[PendingQuery, PendingQuery]]] = []
     for item in body.items:
         original = await run_in_threadpool(_image, item.image, runtime.limits, f"item {item.id!r} image")
@@ -130,10 +141,13 @@ async def reward(body: RewardRequest, runtime: RewardRuntime = Depends(get_runti
         for g, edit in enumerate(item.edits):
             edited = await run_in_threadpool(_image, edit, runtime.limits, f"item {item.id!r} edits[{g}]")
             images = (original, edited)
+            judged = images if judge_images == "both" else (edited,)
             group.append(
                 (
                     _query(runtime, "guidance", item, images, body.k),
-                    _query(runtime, "correctness", item, images, body.k),
+                    _query(
+                        runtime, "correctness", item, judged, body.k, correctness_images=judge_images
+                    ),
                 )
             )
         plan.append(group)
@@ -163,11 +177,14 @@ async def reward(body: RewardRequest, runtime: RewardRuntime = Depends(get_runti
 async def filter_items(body: FilterRequest, runtime: RewardRuntime = Depends(get_runtime)) -> FilterResponse:
     """Eq. 1: keep (I, q, a, I_e*) only if U fails on I alone and succeeds given the ground-truth edit.
 
-    With k decodings, "fails" means correct in under half of them and "succeeds" in more than half (k = 1:
-    wrong / right); the soft fractions are reported so callers can apply their own thresholds.
+    Each clause is decided by a strict majority: U "fails alone" when it is right in under half of the k
+    sampled decodings on I, and "succeeds with the edit" when it is right in over half of them on (I, I_e*);
+    ``greedy`` decides each on one decoding at temperature 0 instead. The fractions are reported too, so
+    callers can apply their own thresholds.
     """
     started = time.perf_counter()
     _check_request(runtime, body.items, 2 * len(body.items))
+    decodings, temperature = body.decodings, GREEDY_TEMPERATURE if body.greedy else None
     plan = []
     for item in body.items:
         original = await run_in_threadpool(_image, item.image, runtime.limits, f"item {item.id!r} image")
@@ -176,8 +193,8 @@ async def filter_items(body: FilterRequest, runtime: RewardRuntime = Depends(get
         )
         plan.append(
             (
-                _query(runtime, "base", item, (original,), body.k),
-                _query(runtime, "guidance", item, (original, edited), body.k),
+                _query(runtime, "base", item, (original,), decodings, temperature=temperature),
+                _query(runtime, "guidance", item, (original, edited), decodings, temperature=temperature),
             )
         )
     prepared = time.perf_counter()
@@ -186,7 +203,17 @@ async def filter_items(body: FilterRequest, runtime: RewardRuntime = Depends(get
     for item, (base_query, edit_query) in zip(body.items, plan, strict=True):
         base = resolution.results[base_query.digest].score
         edit = resolution.results[edit_query.digest].score
-        results.append(FilterResult(id=item.id, base_correct=base, edit_correct=edit, keep=base < 0.5 < edit))
+        fails_alone, succeeds_with_edit = base < 0.5, edit > 0.5
+        results.append(
+            FilterResult(
+                id=item.id,
+                base_correct=base,
+                edit_correct=edit,
+                fails_alone=fails_alone,
+                succeeds_with_edit=succeeds_with_edit,
+                keep=fails_alone and succeeds_with_edit,
+            )
+        )
     return FilterResponse(
         keep=[result.id for result in results if result.keep],
         items=results,
@@ -243,7 +270,10 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
         settings=settings,
         metrics=metrics,
         lifespan=lifespan,
-        readiness=[redis_readiness(lambda: app.state.client), mllm_readiness],
+        readiness=[
+            redis_readiness(lambda: app.state.client, key_prefix=settings.redis_prefix),
+            mllm_readiness,
+        ],
     )
     app.include_router(router)
     return app

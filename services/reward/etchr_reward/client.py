@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -257,11 +257,15 @@ class _Core:
         alpha: float,
         k: int,
         advantage: AdvantageMode,
+        correctness_images: Literal["both", "edit"] | None = None,
     ) -> list[_Call[_Part]]:
         calls: list[_Call[_Part]] = []
         for chunk in self._chunks(_coerce(items, RewardItem)):
             # Validates alpha/k/advantage too, before the first request of the call is sent.
-            body = RewardRequest(items=chunk, alpha=alpha, k=k, advantage=advantage).model_dump(mode="json")
+            request = RewardRequest(
+                items=chunk, alpha=alpha, k=k, advantage=advantage, correctness_images=correctness_images
+            )
+            body = request.model_dump(mode="json")
             calls.append(_Call("/reward", body, uuid.uuid4().hex, self._reward_parser(chunk, advantage)))
         return calls
 
@@ -282,10 +286,14 @@ class _Core:
 
         return parse
 
-    def filter_calls(self, items: Sequence[FilterItem | Mapping[str, Any]], *, k: int) -> list[_Call[_Part]]:
+    def filter_calls(
+        self, items: Sequence[FilterItem | Mapping[str, Any]], *, k: int | None, greedy: bool
+    ) -> list[_Call[_Part]]:
         calls: list[_Call[_Part]] = []
         for chunk in self._chunks(_coerce(items, FilterItem)):
-            body = FilterRequest(items=chunk, k=k).model_dump(mode="json")
+            # Validated here (greedy with k > 1 is the caller's error), sent with k = the decodings it means.
+            request = FilterRequest(items=chunk, greedy=greedy, **({} if k is None else {"k": k}))
+            body = {**request.model_dump(mode="json"), "k": request.decodings}
             ids = [item.id for item in chunk]
 
             def parse(content: bytes, ids: list[str] = ids) -> _Part:
@@ -384,14 +392,29 @@ class AsyncRewardClient:
         alpha: float = 0.5,
         k: int = 4,
         advantage: AdvantageMode = "pref-grpo",
+        correctness_images: Literal["both", "edit"] | None = None,
     ) -> RewardResult:
-        """Rewards (and win rates / advantages per ``advantage``) for each item's group of edits."""
-        calls = self._core.reward_calls(items, alpha=alpha, k=k, advantage=advantage)
+        """Rewards (and win rates / advantages per ``advantage``) for each item's group of edits;
+        ``correctness_images`` picks what R_corr's judge sees (None: the service's setting)."""
+        calls = self._core.reward_calls(
+            items, alpha=alpha, k=k, advantage=advantage, correctness_images=correctness_images
+        )
         return RewardResult(*_merge(await self._send_all(calls)))
 
-    async def filter(self, items: Sequence[FilterItem | Mapping[str, Any]], *, k: int = 1) -> FilterOutcome:
-        """Eq. 1 verdicts: keep an item if U fails on I alone and succeeds given the ground-truth edit."""
-        return FilterOutcome(*_merge(await self._send_all(self._core.filter_calls(items, k=k))))
+    async def filter(
+        self,
+        items: Sequence[FilterItem | Mapping[str, Any]],
+        *,
+        k: int | None = None,
+        greedy: bool = False,
+    ) -> FilterOutcome:
+        """Eq. 1 verdicts: keep an item if U fails on I alone and succeeds given the ground-truth edit.
+
+        Each clause is decided by a majority of ``k`` sampled decodings (the service's default, 4, when
+        None), or by one greedy decoding with ``greedy=True``.
+        """
+        calls = self._core.filter_calls(items, k=k, greedy=greedy)
+        return FilterOutcome(*_merge(await self._send_all(calls)))
 
     async def _send_all(self, calls: list[_Call[P]]) -> list[P]:
         if len(calls) == 1:
@@ -472,14 +495,29 @@ class RewardClient:
         alpha: float = 0.5,
         k: int = 4,
         advantage: AdvantageMode = "pref-grpo",
+        correctness_images: Literal["both", "edit"] | None = None,
     ) -> RewardResult:
-        """Rewards (and win rates / advantages per ``advantage``) for each item's group of edits."""
-        calls = self._core.reward_calls(items, alpha=alpha, k=k, advantage=advantage)
+        """Rewards (and win rates / advantages per ``advantage``) for each item's group of edits;
+        ``correctness_images`` picks what R_corr's judge sees (None: the service's setting)."""
+        calls = self._core.reward_calls(
+            items, alpha=alpha, k=k, advantage=advantage, correctness_images=correctness_images
+        )
         return RewardResult(*_merge([self._send(call) for call in calls]))
 
-    def filter(self, items: Sequence[FilterItem | Mapping[str, Any]], *, k: int = 1) -> FilterOutcome:
-        """Eq. 1 verdicts: keep an item if U fails on I alone and succeeds given the ground-truth edit."""
-        return FilterOutcome(*_merge([self._send(call) for call in self._core.filter_calls(items, k=k)]))
+    def filter(
+        self,
+        items: Sequence[FilterItem | Mapping[str, Any]],
+        *,
+        k: int | None = None,
+        greedy: bool = False,
+    ) -> FilterOutcome:
+        """Eq. 1 verdicts: keep an item if U fails on I alone and succeeds given the ground-truth edit.
+
+        Each clause is decided by a majority of ``k`` sampled decodings (the service's default, 4, when
+        None), or by one greedy decoding with ``greedy=True``.
+        """
+        calls = self._core.filter_calls(items, k=k, greedy=greedy)
+        return FilterOutcome(*_merge([self._send(call) for call in calls]))
 
     def _send(self, call: _Call[P]) -> P:
         headers = {"x-request-id": call.request_id}

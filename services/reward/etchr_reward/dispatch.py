@@ -7,9 +7,12 @@ digest's lock enqueues it, everyone else waits for the same record.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from redis import exceptions as redis_exceptions
 
 from etchr.http import ServiceError
 from etchr.protocol.reward import RewardUsage
@@ -17,6 +20,8 @@ from etchr.queue import JobQueue, JobRecord, JobStatus
 from etchr_reward.metrics import RewardMetrics
 from etchr_reward.scoring import Query, QueryResult
 from etchr_reward.worker import QueryError, lock_key
+
+logger = logging.getLogger("etchr.reward.dispatch")
 
 ERROR_STATUS = {
     "mllm_unavailable": 503,
@@ -67,7 +72,12 @@ class QueryDispatcher:
         async with redis.pipeline(transaction=False) as pipe:
             for digest in candidates:
                 pipe.set(lock_key(self.queue, digest), b"1", nx=True, ex=max(1, int(self.deadline_s)))
-            locked = {digest for digest, ok in zip(candidates, await pipe.execute(), strict=True) if ok}
+            replies = await pipe.execute(raise_on_error=False)
+        locked = {digest for digest, ok in zip(candidates, replies, strict=True) if ok is True}
+        refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if refused is not None:
+            await self._release(locked)
+            raise refused
         jobs = []
         for (digest, pending), status in zip(unique.items(), statuses, strict=True):
             if status == JobStatus.DONE.value.encode():
@@ -85,7 +95,11 @@ class QueryDispatcher:
                 source = "coalesced"
                 usage.coalesced += 1
             self.metrics.queries.labels(pending.query.kind, source).inc()
-        await self.queue.enqueue_many(jobs)
+        try:
+            await self.queue.enqueue_many(jobs)
+        except redis_exceptions.RedisError:
+            await self._release(locked)
+            raise
         computed = locked
         waiting = set(unique)
 
@@ -103,6 +117,20 @@ class QueryDispatcher:
             if digest in computed:
                 usage.mllm_requests += resolution.results[digest].requests
         return resolution
+
+    async def _release(self, locked: set[str]) -> None:
+        """Drop the locks of queries this request took but could not enqueue (Redis refused or went away).
+
+        Left in place, a retry of the same request would join those never-queued queries and wait for them
+        until ``ETCHR_REWARD_DEADLINE_S`` (504). A DEL is allowed even at maxmemory; if Redis is gone, the
+        locks expire with the deadline anyway.
+        """
+        if not locked:
+            return
+        try:
+            await self.queue.redis.delete(*(lock_key(self.queue, digest) for digest in locked))
+        except redis_exceptions.RedisError as exc:
+            logger.warning("could not release %d query locks: %s", len(locked), exc)
 
     @staticmethod
     def _result(record: JobRecord) -> QueryResult:

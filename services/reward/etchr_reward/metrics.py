@@ -1,4 +1,5 @@
-"""Reward metrics: queries/s by source (cache hit rate), backend latency and failures, queue depth."""
+"""Reward metrics: queries/s by source (cache hit rate), backend latency and failures, judge verdicts by
+how they were read, truncated replies, queue depth."""
 
 from __future__ import annotations
 
@@ -28,6 +29,21 @@ class RewardMetrics(ServiceMetrics):
             "Backend time per query (K decodings, retries included), by kind",
             ["kind"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.verdict_causes = Counter(
+            "etchr_reward_verdict_causes_total",
+            "Judge replies by query kind (correctness: R_corr votes; guidance/base: the open-answer judge) "
+            "and how they were read: yes, no, or why not reliable (disagree, hedge, none) - all but yes "
+            "count as a negative vote",
+            ["kind", "cause"],
+            registry=self.registry,
+        )
+        self.truncated = Counter(
+            "etchr_reward_truncated_total",
+            "Decodings cut at max_tokens, by query kind and outcome (used: the answer/verdict was stated "
+            "before the cut; failed: it was not, so the query failed with 502)",
+            ["kind", "outcome"],
             registry=self.registry,
         )
         self.failures = Counter(

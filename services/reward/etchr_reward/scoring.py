@@ -2,30 +2,48 @@
 
 A query is one (kind, images, prompt, sampling) asked K times:
   - ``guidance`` (R_guid): U sees (original, edit) with the verifier's answer prompt; each decoding is matched
-    against the ground truth by the shared answer matcher (rules first, an LLM judge for open answers);
-  - ``correctness`` (R_corr): J sees (original, edit) with the family's judge prompt; each decoding is a 1/0
-    verdict, unparseable counting as 0;
+    against the ground truth by the shared answer matcher (rules first, the open-answer judge for open
+    answers);
+  - ``correctness`` (R_corr): J sees (original, edit), or the edit alone (``correctness_images``), with the
+    family's judge prompt; each decoding is a verdict read by the one verdict reader (``etchr.verdicts``):
+    only a clear yes counts, so a reply that disagrees with itself, hedges or has no verdict is a negative
+    vote (counted by cause in the metrics);
   - ``base`` (Eq. 1): U sees the original alone.
 The score is the fraction of the K decodings that came out positive (a multiple of 1/K).
+
+A decoding cut at max_tokens still counts when it states its answer or verdict; one that does not fails the
+whole query with :class:`~etchr.mllm.MLLMIncomplete` (502, never cached), never a made-up score.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from etchr.answers import extract_final_answer, judge_prompt_for_open_answer, match_answer
+from etchr.answers import explicit_final_answer, match_answer
 from etchr.imaging import image_mime
-from etchr.mllm import ChatResult, MLLMClient, image_part, parse_verdict
+from etchr.mllm import ChatResult, MLLMClient, image_part
 from etchr.prompts import AnswerPrompts
 from etchr.protocol.edit import EditTask
-from etchr.tasks import TaskRegistry
+from etchr.tasks import JudgeImages, TaskRegistry
+from etchr.verdicts import (
+    OPEN_ANSWER_JUDGE_VERSION,
+    READER_VERSION,
+    Verdict,
+    incomplete_reply,
+    judge_open_answer,
+    read_verdict,
+)
 
 QueryKind = Literal["guidance", "correctness", "base"]
+
+ANSWER_SETTING = "ETCHR_REWARD_MAX_TOKENS"
+JUDGE_SETTING = "ETCHR_REWARD_JUDGE_MAX_TOKENS"
 
 
 class Query(BaseModel):
@@ -38,6 +56,12 @@ class Query(BaseModel):
     scorer: str | None = None
     meta: dict[str, Any] | None = None
     k: int = Field(ge=1)
+    temperature: float | None = Field(
+        default=None, description="overrides the configured sampling temperature (Eq. 1's greedy decoding)"
+    )
+    correctness_images: JudgeImages = Field(
+        default="both", description="correctness only: the judge sees [original, edit] or the edit alone"
+    )
 
 
 class QueryResult(BaseModel):
@@ -45,6 +69,11 @@ class QueryResult(BaseModel):
     positive: list[bool] = Field(description="per decoding: answered correctly / judged reliable")
     score: float
     requests: int = Field(description="HTTP requests to MLLM backends this query cost")
+    verdicts: dict[str, int] = Field(
+        default_factory=dict,
+        description="judge replies by how they were read (R_corr votes; open-answer judge calls)",
+    )
+    truncated: int = Field(default=0, description="decodings cut at max_tokens that still gave their answer")
 
 
 def _message(text: str, images: Sequence[bytes]) -> dict[str, Any]:
@@ -66,6 +95,7 @@ class RewardScorer:
         temperature: float,
         judge_temperature: float,
         max_tokens: int,
+        judge_max_tokens: int,
         open_judge: bool,
     ) -> None:
         self.mllm = mllm
@@ -75,72 +105,120 @@ class RewardScorer:
         self.temperature = temperature
         self.judge_temperature = judge_temperature
         self.max_tokens = max_tokens
+        self.judge_max_tokens = judge_max_tokens
         self.open_judge = open_judge
+
+    def _temperature(self, query: Query) -> float:
+        if query.temperature is not None:
+            return query.temperature
+        return self.judge_temperature if query.kind == "correctness" else self.temperature
 
     def digest(self, query: Query, images: Sequence[bytes]) -> str:
         """Content address of a query: equal digests are the same question to the same model, so one answer
-        serves both (cache and coalescing). Anything that changes the answer is in it."""
-        if query.kind == "correctness":
-            client, prompt_version = self.judge, self.tasks.get(query.task).version
-            temperature = self.judge_temperature
-        else:
-            client, prompt_version = self.mllm, self.prompts.version
-            temperature = self.temperature
+        serves both (cache and coalescing). Anything that changes the answer is in it — the verdict reader's
+        version and the open-answer judge's prompt included, so results read under old rules never return."""
+        judged = query.kind == "correctness"
+        open_judged = self.open_judge and not judged
         key = {
             "query": query.model_dump(mode="json"),
-            "models": client.labels,
-            "judge": self.judge.labels if (self.open_judge and query.kind != "correctness") else None,
-            "prompt": prompt_version,
-            "temperature": temperature,
-            "max_tokens": self.max_tokens,
+            "models": (self.judge if judged else self.mllm).labels,
+            "judge": self.judge.labels if open_judged else None,
+            "prompt": self.tasks.get(query.task).version if judged else self.prompts.version,
+            "open_judge_prompt": OPEN_ANSWER_JUDGE_VERSION if open_judged else None,
+            "reader": READER_VERSION if judged or open_judged else None,
+            "temperature": self._temperature(query),
+            "max_tokens": self.judge_max_tokens if judged else self.max_tokens,
+            "judge_max_tokens": self.judge_max_tokens if open_judged else None,
             "images": [hashlib.sha256(raw).hexdigest() for raw in images],
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     async def run(self, query: Query, images: Sequence[bytes]) -> QueryResult:
         if query.kind == "correctness":
-            prompt = self.tasks.judge_prompt(query.task, query.question)
-            result = await self.judge.chat(
-                [_message(prompt, images)],
-                temperature=self.judge_temperature,
-                max_tokens=self.max_tokens,
-                n=query.k,
-            )
-            positive = [parse_verdict(text) is True for text in result.texts]
-            return _result(result, positive, result.requests)
+            return await self._correctness(query, images)
         if query.kind == "guidance":
             family = self.tasks.get(query.task)
             prompt = self.prompts.with_edit(query.question, family.edit)
         else:
             prompt = self.prompts.direct(query.question)
         result = await self.mllm.chat(
-            [_message(prompt, images)], temperature=self.temperature, max_tokens=self.max_tokens, n=query.k
+            [_message(prompt, images)],
+            temperature=self._temperature(query),
+            max_tokens=self.max_tokens,
+            n=query.k,
         )
-        positive, extra = await self._match_all(query, result.texts)
-        return _result(result, positive, result.requests + extra)
+        cut = [i for i in range(len(result.texts)) if result.was_truncated(i)]
+        if any(explicit_final_answer(result.texts[i]) is None for i in cut):
+            raise incomplete_reply(
+                result.backend, wanted="an answer", max_tokens=self.max_tokens, setting=ANSWER_SETTING
+            )
+        positive, extra, verdicts = await self._match_all(query, result.texts)
+        return _result(result, positive, result.requests + extra, verdicts, truncated=len(cut))
 
-    async def _match_all(self, query: Query, texts: Sequence[str]) -> tuple[list[bool], int]:
-        """Rules first, the judge only where they cannot decide (open answers): (correct, judge calls)."""
+    async def _correctness(self, query: Query, images: Sequence[bytes]) -> QueryResult:
+        """K judge votes on the edit; only a clear yes is positive."""
+        wanted = 2 if query.correctness_images == "both" else 1
+        if len(images) != wanted:
+            raise ValueError(
+                f"a correctness query with correctness_images={query.correctness_images!r} takes {wanted} "
+                f"image(s), got {len(images)}"
+            )
+        prompt = self.tasks.judge_prompt(query.task, query.question, query.correctness_images)
+        result = await self.judge.chat(
+            [_message(prompt, images)],
+            temperature=self._temperature(query),
+            max_tokens=self.judge_max_tokens,
+            n=query.k,
+        )
+        verdicts = [
+            read_verdict(text, truncated=result.was_truncated(i)) for i, text in enumerate(result.texts)
+        ]
+        if any(verdict.cause == "truncated" for verdict in verdicts):
+            raise incomplete_reply(
+                result.backend, wanted="a verdict", max_tokens=self.judge_max_tokens, setting=JUDGE_SETTING
+            )
+        return _result(
+            result,
+            [verdict.reliable for verdict in verdicts],
+            result.requests,
+            verdicts,
+            truncated=sum(result.was_truncated(i) for i in range(len(verdicts))),
+        )
+
+    async def _match_all(self, query: Query, texts: Sequence[str]) -> tuple[list[bool], int, list[Verdict]]:
+        """Rules first, the judge only where they cannot decide (open answers): (correct, judge calls,
+        the judge's verdicts)."""
         assert query.answer is not None
         positive: list[bool] = []
+        verdicts: list[Verdict] = []
         requests = 0
         for text in texts:
             match = match_answer(text, query.answer, scorer=query.scorer or "auto", meta=query.meta)
             if match.correct is None and self.open_judge:
-                prompt = judge_prompt_for_open_answer(
-                    query.question, extract_final_answer(text), query.answer
+                verdict, made = await judge_open_answer(
+                    self.judge,
+                    question=query.question,
+                    answer_text=text,
+                    expected=query.answer,
+                    max_tokens=self.judge_max_tokens,
+                    setting=JUDGE_SETTING,
                 )
-                verdict = await self.judge.chat(
-                    [{"role": "user", "content": prompt}], temperature=0.0, max_tokens=self.max_tokens
-                )
-                requests += verdict.requests
-                positive.append(parse_verdict(verdict.texts[0]) is True)
+                requests += made
+                verdicts.append(verdict)
+                positive.append(verdict.reliable)
             else:
                 positive.append(match.correct is True)
-        return positive, requests
+        return positive, requests, verdicts
 
 
-def _result(chat: ChatResult, positive: list[bool], requests: int) -> QueryResult:
+def _result(
+    chat: ChatResult, positive: list[bool], requests: int, verdicts: Sequence[Verdict], *, truncated: int
+) -> QueryResult:
     return QueryResult(
-        texts=chat.texts, positive=positive, score=sum(positive) / len(positive), requests=requests
+        texts=chat.texts,
+        positive=positive,
+        score=sum(positive) / len(positive),
+        requests=requests,
+        verdicts=dict(Counter(verdict.cause for verdict in verdicts)),
+        truncated=truncated,
     )

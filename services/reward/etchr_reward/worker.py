@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from pydantic import BaseModel, ValidationError
 
-from etchr.mllm import MLLMClient, MLLMError, MLLMNotConfigured, MLLMRejected
+from etchr.mllm import MLLMClient, MLLMError, MLLMIncomplete, MLLMNotConfigured, MLLMRejected
 from etchr.prompts import AnswerPrompts
 from etchr.queue import Delivery, JobQueue
 from etchr.redis_client import RedisBackoff, connect_redis
@@ -67,6 +67,7 @@ def build_scorer(settings: RewardSettings) -> RewardScorer:
         temperature=settings.reward_temperature,
         judge_temperature=settings.reward_judge_temperature,
         max_tokens=settings.reward_max_tokens,
+        judge_max_tokens=settings.reward_judge_max_tokens,
         open_judge=settings.reward_open_judge,
     )
 
@@ -104,7 +105,7 @@ class RewardWorker:
                 if not deliveries:
                     deliveries = await self.queue.read(self.consumer, count=free, block_ms=READ_BLOCK_MS)
                 backoff.reset()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except redis.exceptions.RedisError as exc:  # down, or refusing writes (maxmemory): wait it out
                 await backoff.pause(stop, exc)
                 continue
             for delivery in deliveries:
@@ -118,7 +119,7 @@ class RewardWorker:
     async def _guarded(self, delivery: Delivery) -> None:
         try:
             await self.process(delivery)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except redis.exceptions.RedisError as exc:  # down, or refusing writes (maxmemory)
             # Not acked: the entry stays pending and is reclaimed once Redis is back.
             logger.warning("query %s not stored, Redis unavailable: %s", delivery.job_id, exc)
 
@@ -144,6 +145,8 @@ class RewardWorker:
                 else "mllm_unavailable"
             )
             self.metrics.failures.labels(kind, exc.backend or "none").inc()
+            if isinstance(exc, MLLMIncomplete):  # cut at max_tokens before an answer/verdict: 502
+                self.metrics.truncated.labels(query.kind, "failed").inc()
             await self._fail(delivery, QueryError(type=kind, message=str(exc)))
             return
         except ValueError as exc:  # bad ground truth the API could not see (e.g. a scorer's meta)
@@ -151,6 +154,10 @@ class RewardWorker:
             return
         self.metrics.query_seconds.labels(query.kind).observe(time.perf_counter() - started)
         self.metrics.mllm_requests.labels(query.kind).inc(result.requests)
+        for cause, count in result.verdicts.items():
+            self.metrics.verdict_causes.labels(query.kind, cause).inc(count)
+        if result.truncated:
+            self.metrics.truncated.labels(query.kind, "used").inc(result.truncated)
         # K MLLM calls went into this: ride out a Redis blip (up to the reclaim time) rather than redo them
         await self.queue.complete(
             delivery, result.model_dump_json().encode(), retry_s=self.queue.reclaim_idle_s

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +42,10 @@ from etchr_verifier.routing import NONE, TaskRouter
 logger = logging.getLogger("etchr.verifier.api")
 
 FACADE_MODEL = "etchr"
+# The readiness probe of the editor's credentials: bounded well under a Kubernetes probe's timeout, and its
+# answer reused for a few seconds so frequent /readyz calls do not each cost the editor a request.
+EDITOR_PROBE_TIMEOUT_S = 1.0
+EDITOR_PROBE_TTL_S = 5.0
 
 
 def get_pipeline(request: Request) -> EVRPipeline:
@@ -50,9 +57,25 @@ def _request_id(request: Request) -> str:
 
 
 async def run_evr(request: Request, body: AnswerRequest, pipeline: EVRPipeline) -> AnswerResponse:
+    """The whole answer under ``ETCHR_VERIFIER_DEADLINE_S``: past it, 504, and the MLLM and editor calls still
+    in flight are cancelled (a hanging MLLM would otherwise hold the request for every retry's timeout)."""
     settings: VerifierSettings = request.app.state.settings
-    image = await run_in_threadpool(decode_base64_image, body.image, ImageLimits.from_settings(settings))
-    return await pipeline.answer(body, image, request_id=_request_id(request))
+    deadline = asyncio.timeout(settings.verifier_deadline_s)
+    try:
+        async with deadline:
+            image = await run_in_threadpool(
+                decode_base64_image, body.image, ImageLimits.from_settings(settings)
+            )
+            return await pipeline.answer(body, image, request_id=_request_id(request))
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise ServiceError(
+            504,
+            "deadline_exceeded",
+            f"no answer within {settings.verifier_deadline_s:g} s (ETCHR_VERIFIER_DEADLINE_S); "
+            "its MLLM and editor calls were cancelled",
+        ) from None
 
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -78,29 +101,40 @@ def _facade_task(model: str) -> str:
 
 
 def _question_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
-    """The last user message's text and its one image (a data URL: the service fetches no remote URLs)."""
-    user = next((message for message in reversed(body.messages) if message.role == "user"), None)
-    if user is None or user.content is None:
+    """The last user message's text and its one image (a data URL: the service fetches no remote URLs).
+
+    The request models already checked every type (a non-string url is a 422 naming it); what is left here
+    are the values only this facade cares about, each a 400 naming the message.
+    """
+    users = [index for index, message in enumerate(body.messages) if message.role == "user"]
+    content = body.messages[users[-1]].content if users else None
+    if not content:
         raise ServiceError(
-            400, "invalid_field", "messages must contain a user message with a question and an image"
+            400,
+            "invalid_field",
+            "messages must contain a user message with a question and an image",
+            param="messages",
         )
-    if isinstance(user.content, str):
-        raise ServiceError(
-            400, "invalid_field", "the user message has no image: send an image_url content part"
-        )
-    texts = [part.text for part in user.content if part.type == "text" and part.text]
-    images = [
-        part.image_url.get("url", "") for part in user.content if part.type == "image_url" and part.image_url
-    ]
+    param = f"messages.{users[-1]}.content"
+    texts = [part.text for part in content if part.type == "text" and part.text]
+    images = [part.image_url.url for part in content if part.type == "image_url" and part.image_url]
     if len(images) != 1:
-        raise ServiceError(400, "invalid_field", f"send exactly one image_url part (got {len(images)})")
+        raise ServiceError(
+            400,
+            "invalid_field",
+            f"the user message needs exactly one image_url content part (got {len(images)})",
+            param=param,
+        )
     if not images[0].startswith("data:"):
         raise ServiceError(
-            400, "invalid_field", "image_url must be a data: URL (base64); remote URLs are not fetched"
+            400,
+            "invalid_field",
+            "image_url must be a data: URL (base64); remote URLs are not fetched",
+            param=param,
         )
     question = "\n".join(texts).strip()
     if not question:
-        raise ServiceError(400, "invalid_field", "the user message has no question text")
+        raise ServiceError(400, "invalid_field", "the user message has no question text", param=param)
     return question, images[0]
 
 
@@ -116,7 +150,7 @@ async def chat_completions(
         evr = AnswerRequest(image=image, question=question, task=_facade_task(body.model))  # type: ignore[arg-type]
     except ValidationError as exc:  # e.g. text parts together over the question limit: the caller's error
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ServiceError(422, "validation_error", problems) from None
+        raise ServiceError(422, "validation_error", problems, param="messages") from None
     result = await run_evr(request, evr, pipeline)
     return ChatCompletionResponse(
         id=f"chatcmpl-{_request_id(request)}",
@@ -165,6 +199,30 @@ async def playground_asset(name: str) -> FileResponse:
     return FileResponse(PLAYGROUND_DIR / name, headers=PLAYGROUND_HEADERS)
 
 
+class EditorCredentialsCheck:
+    """Readiness of the editor token: not ready while the editor refuses it (401/403).
+
+    Without it a wrong or missing ETCHR_EDITOR_API_KEY turns every evr answer into a silent fallback while
+    the verifier looks healthy. An editor that is down or slow keeps the verifier ready: it answers without
+    edits then, by design. One probe at a time; its answer is reused for ``ttl_s``.
+    """
+
+    def __init__(self, editor: EditorClient, *, timeout_s: float, ttl_s: float) -> None:
+        self.editor = editor
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self._lock = asyncio.Lock()
+        self._checked_at = -math.inf
+        self._problem: str | None = None
+
+    async def __call__(self) -> str | None:
+        async with self._lock:
+            if time.monotonic() - self._checked_at >= self.ttl_s:
+                self._problem = await self.editor.credentials_problem(self.timeout_s)
+                self._checked_at = time.monotonic()
+            return self._problem
+
+
 def _install_mllm_errors(app: FastAPI) -> None:
     @app.exception_handler(MLLMUnavailable)
     async def _unavailable(_: Request, exc: MLLMUnavailable) -> JSONResponse:
@@ -202,8 +260,12 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
             redis=client,
             key_prefix=settings.redis_prefix,
             ttl_s=settings.verifier_route_cache_ttl_s,
+            max_tokens=settings.verifier_judge_max_tokens,
         )
         app.state.mllm = mllm
+        app.state.editor_credentials = EditorCredentialsCheck(
+            editor, timeout_s=EDITOR_PROBE_TIMEOUT_S, ttl_s=EDITOR_PROBE_TTL_S
+        )
         app.state.pipeline = EVRPipeline(
             mllm=mllm,
             judge=judge,
@@ -214,6 +276,7 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
             metrics=metrics,
             speculative=settings.verifier_speculative,
             max_tokens=settings.verifier_max_tokens,
+            judge_max_tokens=settings.verifier_judge_max_tokens,
             temperature=settings.verifier_temperature,
         )
         try:
@@ -229,12 +292,16 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
             return "no MLLM configured: set ETCHR_MLLM_BASE_URL and ETCHR_MLLM_MODEL"
         return None
 
+    async def editor_credentials_readiness() -> str | None:
+        check: EditorCredentialsCheck = app.state.editor_credentials
+        return await check()
+
     app = create_service_app(
         title="ETCHR verifier",
         settings=settings,
         metrics=metrics,
         lifespan=lifespan,
-        readiness=[mllm_readiness],
+        readiness=[mllm_readiness, editor_credentials_readiness],
     )
     _install_mllm_errors(app)
     app.include_router(router)

@@ -15,13 +15,21 @@ class EditorUnavailable(Exception):
 
     def __init__(self, reason: str, kind: str) -> None:
         super().__init__(reason)
-        self.kind = kind  # editor_down | editor_timeout | editor_error: a metrics label
+        # editor_down | editor_busy | editor_timeout | editor_auth | editor_error: a metrics label
+        self.kind = kind
+
+
+# A job id no editor issues: GET /jobs/<it> is auth-checked like an edit, then a 404 costing one Redis read.
+PROBE_JOB_ID = "etchr-verifier-credentials-probe"
+AUTH_REFUSED = (401, 403)
+UNAVAILABLE = (502, 503)  # the editor (or a proxy in front of it) says it cannot serve now
 
 
 class EditorClient:
     def __init__(self, base_url: str, *, timeout_s: float, api_key: str | None = None) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
+        self.has_api_key = bool(api_key)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     async def edit(self, image_b64: str, question: str, task: EditTask, *, request_id: str) -> bytes:
@@ -43,6 +51,17 @@ class EditorClient:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:200]
+            if response.status_code in AUTH_REFUSED:
+                raise EditorUnavailable(
+                    f"editor refused the verifier's credentials ({response.status_code}: {message}); "
+                    f"{self._credentials_hint()}",
+                    "editor_auth",
+                )
+            if response.status_code in UNAVAILABLE:  # it said so itself (e.g. its Redis is full or down)
+                status = response.status_code
+                raise EditorUnavailable(f"editor unavailable ({status}): {message}", "editor_down")
+            if response.status_code == 429:
+                raise EditorUnavailable(f"editor busy (429): {message}", "editor_busy")
             kind = "editor_timeout" if response.status_code == 504 else "editor_error"
             raise EditorUnavailable(f"editor answered {response.status_code}: {message}", kind)
         try:
@@ -50,6 +69,28 @@ class EditorClient:
             return base64.b64decode(result.images[0], validate=True)
         except (ValueError, IndexError, binascii.Error) as exc:
             raise EditorUnavailable(f"editor sent an unusable response: {exc}", "editor_error") from None
+
+    async def credentials_problem(self, timeout_s: float) -> str | None:
+        """Why the editor refuses this client's token, or None (accepted, auth off, or no answer to judge by).
+
+        An editor that is down or slow is not a credentials problem: the verifier answers without edits then,
+        by design, so only an explicit 401/403 counts.
+        """
+        try:
+            response = await self._http.get(f"/jobs/{PROBE_JOB_ID}", timeout=timeout_s)
+        except httpx.HTTPError:
+            return None
+        if response.status_code not in AUTH_REFUSED:
+            return None
+        return (
+            f"the editor at {self.base_url} refused the verifier's credentials ({response.status_code}): "
+            f"{self._credentials_hint()}"
+        )
+
+    def _credentials_hint(self) -> str:
+        if self.has_api_key:
+            return "ETCHR_EDITOR_API_KEY is not one of the editor's ETCHR_API_KEYS"
+        return "set ETCHR_EDITOR_API_KEY to one of the editor's ETCHR_API_KEYS"
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -4,6 +4,11 @@ Modes (SPEC §5): ``evr`` (with fallback to the original image), ``edit`` (no ve
 In ``evr`` the direct answer on the original is started concurrently with the edit (speculative fallback),
 so a rejected or failed edit costs no extra wait; when the edit is used, that answer is the baseline.
 MLLM failures propagate (the API turns them into 503/502); editor failures only mean "answer without it".
+
+Replies cut at max_tokens (finish_reason "length") are listed in the response's ``truncated`` and counted. A
+cut judge reply still holding a verdict is read as usual, one without reads as not reliable (cause
+``truncated``); a cut reasoning reply with no stated answer is an :class:`MLLMIncomplete` (502) naming the
+setting to raise, never an answer guessed from half-finished reasoning.
 """
 
 from __future__ import annotations
@@ -11,19 +16,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TypeVar
 
 from PIL import Image
 
-from etchr.answers import extract_final_answer
+from etchr.answers import explicit_final_answer, extract_final_answer
 from etchr.imaging import encode_png
-from etchr.mllm import MLLMClient, MLLMError, parse_verdict, user_message
+from etchr.mllm import MLLMClient, MLLMError, user_message
 from etchr.prompts import AnswerPrompts
 from etchr.protocol.answer import AnswerRequest, AnswerResponse, Verification
 from etchr.tasks import TaskRegistry
+from etchr.verdicts import Cause, incomplete_reply, read_verdict
 from etchr_verifier.editor_client import EditorClient, EditorUnavailable
 from etchr_verifier.metrics import VerifierMetrics
 from etchr_verifier.routing import NONE, TaskRouter
@@ -38,6 +45,13 @@ class _Trace:
     metrics: VerifierMetrics
     timings: dict[str, float] = field(default_factory=dict)
     calls: int = 0
+    truncated: list[str] = field(default_factory=list)  # stages whose reply was cut at max_tokens
+
+    def cut(self, stage: str, *, usable: bool) -> None:
+        """A reply cut at max_tokens: listed in the response, counted by whether it was still usable."""
+        if stage not in self.truncated:
+            self.truncated.append(stage)
+        self.metrics.truncated.labels(stage, "used" if usable else "unusable").inc()
 
     async def timed(self, stage: str, work: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -70,6 +84,7 @@ class EVRPipeline:
         metrics: VerifierMetrics,
         speculative: bool,
         max_tokens: int,
+        judge_max_tokens: int,
         temperature: float,
     ) -> None:
         self.mllm = mllm
@@ -81,6 +96,7 @@ class EVRPipeline:
         self.metrics = metrics
         self.speculative = speculative
         self.max_tokens = max_tokens
+        self.judge_max_tokens = judge_max_tokens
         self.temperature = temperature
 
     async def answer(self, request: AnswerRequest, image: Image.Image, *, request_id: str) -> AnswerResponse:
@@ -94,7 +110,9 @@ class EVRPipeline:
         self.metrics.answers.labels(request.mode, str(response.used_edit).lower()).inc()
         if response.fallback_reason is not None:
             self.metrics.fallbacks.labels(response.fallback_reason.split(":")[0]).inc()
-        return response.model_copy(update={"timings": trace.timings, "mllm_calls": trace.calls})
+        return response.model_copy(
+            update={"timings": trace.timings, "mllm_calls": trace.calls, "truncated": trace.truncated}
+        )
 
     async def _answer(
         self, request: AnswerRequest, original: bytes, trace: _Trace, request_id: str
@@ -104,9 +122,11 @@ class EVRPipeline:
         if request.mode == "direct":
             task = NONE
         elif task == "auto":
-            task, calls = await trace.timed("route", self.router.route(question))
-            trace.calls += calls
-            routed = True
+            decision = await trace.timed("route", self.router.route(question))
+            trace.calls += decision.calls
+            if decision.truncated and "route" not in trace.truncated:
+                trace.truncated.append("route")  # counted in the metrics by the router
+            task, routed = decision.task, True
 
         def direct() -> Awaitable[_Reasoned]:
             return trace.timed("reason_direct", self._reason(trace, original, None, question, None))
@@ -142,7 +162,7 @@ class EVRPipeline:
                         reasoned,
                         task=task,
                         routed=routed,
-                        fallback="unreliable: the judge did not accept the edit",
+                        fallback=f"unreliable: {_UNRELIABLE[verification.cause]}",
                         verification=verification,
                         edited_image=edited_b64,
                     )
@@ -183,22 +203,50 @@ class EVRPipeline:
         trace.calls += result.requests
         self.metrics.mllm_calls.labels(stage).inc(result.requests)
         raw = result.texts[0]
-        return _Reasoned(raw=raw, answer=extract_final_answer(raw))
+        if not result.was_truncated(0):
+            return _Reasoned(raw=raw, answer=extract_final_answer(raw))
+        stated = explicit_final_answer(raw)
+        trace.cut(stage, usable=stated is not None)
+        if stated is None:
+            raise incomplete_reply(
+                result.backend,
+                wanted="an answer",
+                max_tokens=self.max_tokens,
+                setting="ETCHR_VERIFIER_MAX_TOKENS",
+            )
+        return _Reasoned(raw=raw, answer=stated)
 
     async def _verify(
         self, trace: _Trace, original: bytes, edited: bytes, task: str, question: str
     ) -> Verification:
-        """The family's judge prompt with the original first and the edit second; unparseable = unreliable."""
+        """The family's judge prompt with the original first and the edit second, read by the one verdict
+        reader: only a clear yes is reliable."""
         message = user_message(self.tasks.judge_prompt(task, question), [original, edited])
-        result = await self.judge.chat([message], temperature=0.0, max_tokens=self.max_tokens)
+        result = await self.judge.chat([message], temperature=0.0, max_tokens=self.judge_max_tokens)
         trace.calls += result.requests
         self.metrics.mllm_calls.labels("verify").inc(result.requests)
         raw = result.texts[0]
-        verdict = parse_verdict(raw)
+        verdict = read_verdict(raw, truncated=result.was_truncated(0))
+        if result.was_truncated(0):
+            trace.cut("verify", usable=verdict.value is not None)
         self.metrics.verdicts.labels(
-            "unparseable" if verdict is None else ("reliable" if verdict else "unreliable")
+            "unparseable" if verdict.value is None else ("reliable" if verdict.value else "unreliable")
         ).inc()
-        return Verification(reliable=bool(verdict), raw=raw)
+        self.metrics.verdict_causes.labels(verdict.cause).inc()
+        return Verification(reliable=verdict.reliable, raw=raw, cause=verdict.cause)
+
+
+# Why an edit was not used, per verdict cause (the response's fallback_reason, after "unreliable: ").
+_UNRELIABLE: Mapping[Cause, str] = MappingProxyType(
+    {
+        "no": "the judge did not accept the edit",
+        "disagree": "the judge's leading and concluding verdicts disagree",
+        "hedge": "the judge hedged instead of giving a verdict",
+        "none": "the judge's reply holds no verdict",
+        "truncated": "the judge's reply was cut at max_tokens before a verdict "
+        "(ETCHR_VERIFIER_JUDGE_MAX_TOKENS)",
+    }
+)
 
 
 async def _settled(task: asyncio.Task[_Reasoned] | None) -> _Reasoned | None:

@@ -1,4 +1,5 @@
-"""Verifier metrics: calls per stage, verdict and fallback rates, routing decisions, stage latency."""
+"""Verifier metrics: calls per stage, verdicts (and how they were read), truncated replies, fallback rates,
+routing decisions, stage latency."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ class VerifierMetrics(ServiceMetrics):
             "etchr_verifier_verdicts_total",
             "Judge verdicts on edits (reliable, unreliable, unparseable)",
             ["verdict"],
+            registry=self.registry,
+        )
+        self.verdict_causes = Counter(
+            "etchr_verifier_verdict_causes_total",
+            "Judge replies by how they were read: yes, no, or why not reliable (disagree, hedge, none, "
+            "truncated)",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.truncated = Counter(
+            "etchr_verifier_truncated_total",
+            "MLLM replies cut at max_tokens, by stage and whether they still gave a verdict/answer "
+            "(used, unusable)",
+            ["stage", "outcome"],
             registry=self.registry,
         )
         self.answers = Counter(

@@ -19,9 +19,10 @@ import httpx
 from pydantic import BaseModel
 from rich.progress import Progress
 
-from etchr.answers import extract_final_answer, judge_prompt_for_open_answer, match_answer
+from etchr.answers import match_answer
 from etchr.data.manifest import ManifestRow, read_manifest
-from etchr.mllm import MLLMClient, parse_verdict, user_message
+from etchr.mllm import MLLMClient, MLLMError
+from etchr.verdicts import judge_open_answer
 
 RESULTS_NAME = "results.jsonl"
 MODES = ("direct", "edit", "evr")
@@ -80,11 +81,13 @@ class Evaluator:
         concurrency: int = 8,
         timeout_s: float = 600,
         judge: MLLMClient | None = None,
+        judge_max_tokens: int = 2048,
     ) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.AsyncClient(base_url=verifier_url.rstrip("/"), timeout=timeout_s, headers=headers)
         self.concurrency = concurrency
         self.judge = judge if judge is not None and judge.configured else None
+        self.judge_max_tokens = judge_max_tokens
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -117,7 +120,7 @@ class Evaluator:
                 async with limit_:
                     try:
                         result = await self._evaluate(row, mode, manifest.parent)
-                    except (httpx.HTTPError, ValueError, OSError) as exc:
+                    except (httpx.HTTPError, MLLMError, ValueError, OSError) as exc:
                         failed.append(f"{row.id}/{mode}: {exc}")
                     else:
                         sink.write(result.model_dump_json() + "\n")
@@ -170,9 +173,17 @@ class Evaluator:
         )
 
     async def _judge(self, row: ManifestRow, raw: str) -> tuple[bool, bool]:
-        """(correct, undecided) for an open answer the rules could not decide."""
+        """(correct, undecided) for an open answer the rules could not decide: the same open-answer judge as
+        the reward service's, so evaluation and R_guid agree. Only a clear yes is correct; a judge that is
+        down, or cut at max_tokens before its verdict, fails the row (retried on the next run)."""
         if self.judge is None:
             return False, True
-        prompt = judge_prompt_for_open_answer(row.question, extract_final_answer(raw), row.answer)
-        result = await self.judge.chat([user_message(prompt)], temperature=0.0, max_tokens=16)
-        return parse_verdict(result.texts[0]) is True, False
+        verdict, _ = await judge_open_answer(
+            self.judge,
+            question=row.question,
+            answer_text=raw,
+            expected=row.answer,
+            max_tokens=self.judge_max_tokens,
+            setting="ETCHR_EVAL_JUDGE_MAX_TOKENS",
+        )
+        return verdict.reliable, False

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from etchr.protocol import (
     EXAMPLE_IMAGE,
@@ -37,9 +38,18 @@ class AnswerRequest(BaseModel):
     return_images: bool = Field(default=False, description="include the edited image (base64 PNG)")
 
 
+VerdictCause = Literal["yes", "no", "disagree", "hedge", "none", "truncated"]
+
+
 class Verification(BaseModel):
-    reliable: bool
-    raw: str = Field(description="the judge's raw reply; unparseable counts as not reliable")
+    """The judge's verdict on the edit, as read by the one verdict reader (``etchr.verdicts``)."""
+
+    reliable: bool = Field(description="the judge clearly said the edit holds what the question needs")
+    raw: str = Field(description="the judge's raw reply")
+    cause: VerdictCause = Field(
+        description="how the reply was read: yes, no, or why it is not reliable — leading and concluding "
+        "verdicts disagree, it hedges, it has no verdict, or it was cut at max_tokens before one"
+    )
 
 
 class AnswerResponse(BaseModel):
@@ -54,27 +64,67 @@ class AnswerResponse(BaseModel):
         default=None, description="the answer from the original image alone, when it was computed"
     )
     fallback_reason: str | None = Field(default=None, description="why the edit was not used, if it was not")
+    truncated: list[str] = Field(
+        default_factory=list,
+        description="stages whose MLLM reply was cut at max_tokens (route, verify, reason_edit, "
+        "reason_direct); a cut judge reply with no verdict also reads as verification.cause 'truncated'",
+    )
     timings: dict[str, float]
     mllm_calls: int
 
 
-class ChatContentPart(BaseModel):
+class ChatImageURL(BaseModel):
+    """OpenAI's ``image_url`` object; ``detail`` and other fields are accepted and ignored."""
+
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(max_length=MAX_KEYWORD_CHARS)
+    url: str = Field(min_length=1, description="a data: URL (base64); remote URLs are not fetched")
+
+
+ChatContentPartType = Literal["text", "image_url", "refusal"]
+
+
+class ChatContentPart(BaseModel):
+    """One part of a message. The type says which field carries it; the schema, not the handler, checks it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: ChatContentPartType = Field(description="text, image_url, or an assistant turn's refusal")
     text: str | None = Field(default=None, max_length=MAX_CHAT_TEXT_CHARS)
-    image_url: dict[str, Any] | None = None
+    image_url: ChatImageURL | None = None
+
+    @model_validator(mode="after")
+    def _has_its_field(self) -> ChatContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs a 'text' string")
+        if self.type == "image_url" and self.image_url is None:
+            raise ValueError("an image_url part needs 'image_url': {'url': 'data:image/...;base64,...'}")
+        return self
+
+
+def _content_as_parts(content: object) -> object:
+    """String content is one text part, so the handler reads a single shape (and errors name one place)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if content is None or isinstance(content, list):
+        return content
+    raise PydanticCustomError("content_type", "content must be a string or a list of content parts")
+
+
+ChatContent = Annotated[list[ChatContentPart], Field(max_length=MAX_CHAT_PARTS)]
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str = Field(max_length=MAX_KEYWORD_CHARS)
-    content: (
-        Annotated[str, Field(max_length=MAX_CHAT_TEXT_CHARS)]
-        | Annotated[list[ChatContentPart], Field(max_length=MAX_CHAT_PARTS)]
-        | None
-    ) = None
+    content: Annotated[
+        ChatContent | None,
+        BeforeValidator(
+            _content_as_parts,
+            json_schema_input_type=Annotated[str, Field(max_length=MAX_CHAT_TEXT_CHARS)] | ChatContent | None,
+        ),
+    ] = None
 
 
 class ChatCompletionRequest(BaseModel):

@@ -6,8 +6,12 @@ from pydantic import BaseModel
 
 
 class ErrorDetail(BaseModel):
+    """OpenAI's error shape, so SDKs read it: ``param`` names the request field at fault, when one is."""
+
     type: str
     message: str
+    param: str | None = None
+    code: str | None = None
 
 
 class ErrorBody(BaseModel):

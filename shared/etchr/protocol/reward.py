@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from etchr.protocol import EXAMPLE_IMAGE, EXAMPLE_QUESTION, MAX_KEYWORD_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
 from etchr.protocol.edit import EditTask
@@ -42,6 +42,11 @@ class RewardRequest(BaseModel):
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="R = α·R_guid + (1−α)·R_corr")
     k: int = Field(default=4, ge=1, le=32, description="stochastic decodings per query")
     advantage: AdvantageMode = "pref-grpo"
+    correctness_images: Literal["both", "edit"] | None = Field(
+        default=None,
+        description="what R_corr's judge sees: 'both' = [original, edit], 'edit' = the edit alone (the "
+        "authors' release); default ETCHR_REWARD_CORRECTNESS_IMAGES",
+    )
 
 
 class EditReward(BaseModel):
@@ -86,17 +91,41 @@ class FilterItem(BaseModel):
 
 
 class FilterRequest(BaseModel):
+    """Eq. 1 for every item: each clause decided by a strict majority of k sampled decodings, or by one
+    greedy decoding — never by a single sample, which would make the RL set a coin flip."""
+
     model_config = ConfigDict(extra="forbid")
 
     items: list[FilterItem] = Field(min_length=1)
-    k: int = Field(default=1, ge=1, le=32)
+    k: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="sampled decodings per clause; a clause holds on a strict majority of them",
+    )
+    greedy: bool = Field(
+        default=False, description="decide each clause on one greedy decoding (temperature 0) instead"
+    )
+
+    @model_validator(mode="after")
+    def _greedy_is_one_decoding(self) -> FilterRequest:
+        if self.greedy and self.k != 1 and "k" in self.model_fields_set:
+            raise ValueError("greedy decides each clause on one decoding: leave k out or set it to 1")
+        return self
+
+    @property
+    def decodings(self) -> int:
+        """Decodings per clause: 1 when greedy (they would all be the same), else k."""
+        return 1 if self.greedy else self.k
 
 
 class FilterResult(BaseModel):
     id: str
-    base_correct: float = Field(description="fraction of k decodings correct from I alone")
-    edit_correct: float = Field(description="fraction of k decodings correct given I and I_e*")
-    keep: bool
+    base_correct: float = Field(description="fraction of the decodings correct from I alone")
+    edit_correct: float = Field(description="fraction of the decodings correct given I and I_e*")
+    fails_alone: bool = Field(description="Eq. 1's first clause: base_correct < 0.5")
+    succeeds_with_edit: bool = Field(description="Eq. 1's second clause: edit_correct > 0.5")
+    keep: bool = Field(description="both clauses hold")
 
 
 class FilterResponse(BaseModel):

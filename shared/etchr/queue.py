@@ -67,15 +67,22 @@ return 1
 # pass the check before any of them enqueues. XLEN is waiting + running (finished entries are XDEL'd). XADD is
 # the first write on purpose: Redis checks maxmemory in a script without flags only until its first write,
 # so at maxmemory the XADD is refused and nothing is left behind (a DEL first would let every write through).
-_ENQUEUE_BOUNDED_LUA = f"""
+_ENQUEUE_BOUNDED_LUA = """
 local depth = redis.call('XLEN', KEYS[1])
-if depth >= tonumber(ARGV[1]) then return {{0, depth}} end
-redis.call('XADD', KEYS[1], '*', '{JOB_ID_FIELD}', ARGV[2], unpack(ARGV, 6))
+if depth >= tonumber(ARGV[1]) then return {0, depth} end
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
 redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[2], 'status', 'queued', 'created_ms', ARGV[3], 'meta', ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return {{1, depth + 1}}
+redis.call('HSET', KEYS[2], 'status', 'queued', 'created_ms', ARGV[2], 'meta', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {1, depth + 1}
 """
+
+
+def _stream_entry(job_id: str, fields: Mapping[str, bytes | str]) -> dict[str, bytes | str]:
+    """The stream entry of a job: its payload fields plus the job id, whose field name is reserved."""
+    if JOB_ID_FIELD in fields:
+        raise ValueError(f"payload field name {JOB_ID_FIELD!r} is reserved")
+    return {JOB_ID_FIELD: job_id, **fields}
 
 
 class QueueFull(Exception):
@@ -244,17 +251,10 @@ class JobQueue:
         if max_depth is None:
             await self.enqueue_many([(job_id, fields, meta or {})])
             return
-        if JOB_ID_FIELD in fields:
-            raise ValueError(f"payload field name {JOB_ID_FIELD!r} is reserved")
         keys = [self.stream, self.record_key(job_id), self.done_key(job_id)]
-        args: list[bytes | str | int] = [
-            max_depth,
-            job_id,
-            _now_ms(),
-            json.dumps(dict(meta or {})),
-            self.record_ttl_s,
-        ]
-        for name, value in fields.items():
+        record = [_now_ms(), json.dumps(dict(meta or {})), self.record_ttl_s]
+        args: list[bytes | str | int] = [max_depth, *record]
+        for name, value in _stream_entry(job_id, fields).items():
             args.extend((name, value))
         accepted, depth = await self._enqueue_bounded(keys=keys, args=args)
         if not accepted:
@@ -268,8 +268,7 @@ class JobQueue:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             for job_id, fields, meta in jobs:
-                if JOB_ID_FIELD in fields:
-                    raise ValueError(f"payload field name {JOB_ID_FIELD!r} is reserved")
+                entry = _stream_entry(job_id, fields)
                 record_key = self.record_key(job_id)
                 pipe.delete(record_key, self.done_key(job_id))
                 pipe.hset(
@@ -281,7 +280,7 @@ class JobQueue:
                     },
                 )
                 pipe.expire(record_key, self.record_ttl_s)
-                pipe.xadd(self.stream, {JOB_ID_FIELD: job_id, **fields})
+                pipe.xadd(self.stream, entry)
             await pipe.execute()
 
     async def depth(self) -> QueueDepth:

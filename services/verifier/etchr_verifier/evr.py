@@ -49,9 +49,13 @@ class _Trace:
 
     def cut(self, stage: str, *, usable: bool) -> None:
         """A reply cut at max_tokens: listed in the response, counted by whether it was still usable."""
+        self.list_cut(stage)
+        self.metrics.truncated.labels(stage, "used" if usable else "unusable").inc()
+
+    def list_cut(self, stage: str) -> None:
+        """List a stage whose reply was cut (once), for a cut another component already counted."""
         if stage not in self.truncated:
             self.truncated.append(stage)
-        self.metrics.truncated.labels(stage, "used" if usable else "unusable").inc()
 
     async def timed(self, stage: str, work: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -124,8 +128,8 @@ class EVRPipeline:
         elif task == "auto":
             decision = await trace.timed("route", self.router.route(question))
             trace.calls += decision.calls
-            if decision.truncated and "route" not in trace.truncated:
-                trace.truncated.append("route")  # counted in the metrics by the router
+            if decision.truncated:
+                trace.list_cut("route")  # counted in the metrics by the router
             task, routed = decision.task, True
 
         def direct() -> Awaitable[_Reasoned]:

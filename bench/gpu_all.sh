@@ -165,7 +165,7 @@ for dist in md.distributions(path=[os.environ["GPU_SITE"]]):
             unmet.append(f"{dist.metadata['Name']} needs {req} (found {have})")
 print("carried wheels' requirements:", "all met" if not unmet else "UNMET: " + "; ".join(sorted(set(unmet))))
 failed = []
-modules = ("diffusers", "openai", "etchr.cli", "etchr_editor.api", "etchr_reward.api", "tests.support.mllm_server")
+modules = ("diffusers", "openai", "etchr_tools.cli", "etchr_editor.api", "etchr_reward.api", "tests.support.mllm_server")
 for module in modules:
     try:
         importlib.import_module(module)
@@ -198,7 +198,7 @@ main() {
     fi
     install_wheels || setup_rc=1
     install_redis || setup_rc=1
-    export PYTHONPATH="$SITE:$REPO/shared:$REPO/services/editor:$REPO/services/verifier:$REPO/services/reward:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$SITE:$REPO/shared:$REPO/services/editor:$REPO/services/verifier:$REPO/services/reward:$REPO/training:$REPO/tools:$REPO${PYTHONPATH:+:$PYTHONPATH}"
     export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
     preflight || setup_rc=1
     echo "setup took $((SECONDS - started))s"

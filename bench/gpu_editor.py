@@ -45,9 +45,9 @@ from PIL import Image
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from etchr.settings import EditorSettings
-from etchr_editor.api import create_app
 from etchr_editor.model import LoadedEditor, resolve_device, resolve_dtype
 from etchr_editor.sampler import BatchedSampler, SampleRequest
+from etchr_editor.service import create_app
 from etchr_editor.tiny import SCHEDULER_CONFIG, build_tiny_pipeline, build_tiny_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -26,14 +26,14 @@ from gpu_editor import build_klein_9b
 from local_stack import service_stack
 from PIL import Image
 
+from etchr.clients.reward import RewardClient
 from etchr_editor.model import resolve_device
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_editor.tiny import build_tiny_pipeline
-from etchr_editor.train.examples import TrainingBatch, TrainingExample
-from etchr_editor.train.lora import DEFAULT_TARGETS, add_lora, lora_parameters
-from etchr_editor.train.rl import policy_loss, reward_items
-from etchr_editor.train.rollouts import sample_trajectories
-from etchr_reward.client import RewardClient
+from etchr_train.examples import TrainingBatch, TrainingExample
+from etchr_train.lora import DEFAULT_TARGETS, add_lora, lora_parameters
+from etchr_train.rl import policy_loss, reward_items
+from etchr_train.rollouts import sample_trajectories
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM

@@ -25,9 +25,9 @@ from PIL import Image
 from etchr_editor.model import resolve_device
 from etchr_editor.sampler import BatchedSampler
 from etchr_editor.tiny import build_tiny_pipeline
-from etchr_editor.train.examples import TrainingBatch, TrainingExample
-from etchr_editor.train.lora import ADAPTER, DEFAULT_TARGETS, add_lora, lora_parameters
-from etchr_editor.train.sft import PromptEmbeddings, flow_matching_loss
+from etchr_train.examples import TrainingBatch, TrainingExample
+from etchr_train.lora import ADAPTER, DEFAULT_TARGETS, add_lora, lora_parameters
+from etchr_train.sft import PromptEmbeddings, flow_matching_loss
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -57,7 +57,17 @@ def service_stack(service: str, settings: Mapping[str, str]) -> Iterator[str]:
     )
     env = {**os.environ, "ETCHR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", **settings}
     server = subprocess.Popen(
-        [sys.executable, "-m", "etchr.cli", "serve", service, "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "etchr_tools.cli",
+            "serve",
+            service,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     url = f"http://127.0.0.1:{port}"

@@ -27,7 +27,7 @@ from local_stack import service_stack
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test MLLM server lives in tests/support
-from etchr_reward.client import AsyncRewardClient
+from etchr.clients.reward import AsyncRewardClient
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 
 QUESTION = "Which exit does the path reach? (A) left (B) right"

@@ -90,7 +90,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "etchr.cli",
+                    "etchr_tools.cli",
                     "serve",
                     "verifier",
                     "--port",

@@ -1,7 +1,8 @@
-# syntax=docker/dockerfile:1
-# The editor: HTTP front (`etchr serve editor --no-worker`) and GPU worker (`etchr worker editor`) share this
-# image. torch comes from the CUDA PyTorch base image (its version is checked against pyproject's torch range
-# by tests/deploy); `.[editor]` adds diffusers, transformers and peft on top.
+# The editor's GPU side: the standalone GPU worker (`etchr worker editor`, Kubernetes) and the one-box editor
+# whose front runs its worker in-process (`etchr serve editor`, Docker Compose). torch comes from the CUDA
+# PyTorch base image (its version is checked against pyproject's torch range by tests/deploy); `.[editor]`
+# adds diffusers, transformers and peft on top. A front without a worker (`--no-worker`) needs none of that:
+# it runs from the slim docker/front.Dockerfile.
 # Build from the repository root:  docker build -f docker/editor.Dockerfile -t etchr/editor:0.1.0 .
 FROM pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
 
@@ -24,12 +25,12 @@ RUN --mount=type=bind,target=/src,rw \
     && useradd --system --uid 10001 --gid etchr --home-dir /home/etchr --create-home etchr \
     && mkdir -p /models/hf \
     && chown -R etchr:etchr /models \
-    && python -c "import torch, diffusers, etchr_editor.worker, etchr_editor.api"
+    && python -c "import torch, diffusers, etchr_editor.worker, etchr_editor.service"
 
 USER 10001:10001
 WORKDIR /home/etchr
 EXPOSE 8001 9101
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["etchr-healthcheck"]
-# The front with an in-process worker (one GPU box). Kubernetes runs `serve editor --no-worker` and
-# `worker editor` from this image instead; a standalone worker's probe is its metrics port (9101).
+# The front with an in-process worker (one GPU box). Kubernetes runs `worker editor` from this image (its
+# probe is the metrics port, 9101: set HEALTHCHECK_URL to check it here) and the front from the slim image.
 CMD ["etchr", "serve", "editor", "--host", "0.0.0.0"]

@@ -35,7 +35,7 @@ def key_prefix() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random-init Flux2Klein checkpoint (SPEC §7) on disk, built once per test process.
+    """The tiny random-init Flux2Klein checkpoint (docs/tiny-editor.md) on disk, built once per test process.
 
     torch/diffusers are imported inside, so test files that never touch the model collect fast.
     """
@@ -61,7 +61,7 @@ def fitted_editor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             partial = root / f"tiny-editor-fitted.partial-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
             done = subprocess.run(
-                [sys.executable, "-m", "etchr.cli", "tiny-editor", str(partial), "--fit-vae"],
+                [sys.executable, "-m", "etchr_tools.cli", "tiny-editor", str(partial), "--fit-vae"],
                 capture_output=True,
                 text=True,
                 timeout=400,

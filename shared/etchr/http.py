@@ -45,7 +45,7 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
 class ServiceError(Exception):
-    """An error with an honest status; raised anywhere, rendered as the SPEC §5 error body."""
+    """An error with an honest status; raised anywhere, rendered as the one error body (docs/api.md)."""
 
     def __init__(
         self,
@@ -327,11 +327,11 @@ def create_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     readiness: Sequence[ReadinessCheck] = (),
 ) -> FastAPI:
-    """A FastAPI app with the behaviour SPEC §5 asks of every service; routers are added by the caller."""
+    """A FastAPI app that behaves as docs/api.md promises of every service; the caller adds routers."""
     app = FastAPI(
         title=title,
         lifespan=lifespan,
-        # Every error, 4xx and 5xx (429/502/503/504 are part of the contract), is the SPEC §5 body.
+        # Every error, 4xx and 5xx (429/502/503/504 are part of the contract), is the one error body.
         responses={"4XX": {"model": ErrorBody}, "5XX": {"model": ErrorBody}},
         # Served by _docs_router instead, behind the bearer token.
         openapi_url=None,

@@ -29,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from etchr.settings import CommonSettings
+
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -210,6 +212,21 @@ class JobQueue:
         self._finish = redis.register_script(_FINISH_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
         self._enqueue_bounded = redis.register_script(_ENQUEUE_BOUNDED_LUA)
+
+    @classmethod
+    def for_service(
+        cls, redis: Redis, settings: CommonSettings, name: str, *, result_ttl_s: int | None = None
+    ) -> JobQueue:
+        """A service's queue as its settings configure it: ``{ETCHR_REDIS_PREFIX}:{name}``, reclaim time,
+        delivery limit and result TTL (``ETCHR_QUEUE_RESULT_TTL_S`` unless the service keeps results longer).
+        Each service's ``jobs`` module calls it once, so its API and its workers cannot disagree."""
+        return cls(
+            redis,
+            f"{settings.redis_prefix}:{name}",
+            reclaim_idle_s=settings.queue_reclaim_s,
+            max_deliveries=settings.queue_max_deliveries,
+            result_ttl_s=settings.queue_result_ttl_s if result_ttl_s is None else result_ttl_s,
+        )
 
     def record_key(self, job_id: str) -> str:
         return f"{self.name}:job:{job_id}"

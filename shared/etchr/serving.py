@@ -19,7 +19,7 @@ forever. :class:`GuardedHttpToolsProtocol` extends uvicorn's default protocol (h
   mod_reqtimeout's rule: the budget grows by one second per ``min_rate`` bytes received). A fixed total
   budget would cut legitimate large uploads on slow links; an idle limit alone lets 1 byte/s through. When it
   passes, the application's next ``receive()`` raises :class:`RequestBodyTimeout`, which the app renders as
-  the SPEC §5 JSON 408 (with its request id and metrics); the connection closes after that response. If the
+  a JSON 408 (with its request id and metrics); the connection closes after that response. If the
   app does not answer within a second (it is not reading the body), the protocol writes the 408 itself; if
   the response was already sent, the connection is just closed. Time the server makes the client wait
   (reading paused because the app has not taken the body yet) is not counted against it.
@@ -27,7 +27,7 @@ forever. :class:`GuardedHttpToolsProtocol` extends uvicorn's default protocol (h
   a head longer than it a JSON 431; other malformed requests a JSON 400 instead of uvicorn's plain text.
   The same limit goes to uvicorn's ``h11_max_incomplete_event_size`` (the pure-Python h11 protocol's).
 
-Errors the protocol writes itself carry the SPEC §5 body (``{"error": {...}}``) and an ``x-request-id``; it
+Errors the protocol writes itself carry the one error body (``{"error": {...}}``) and an ``x-request-id``; it
 then half-closes and drops further input for up to ``LINGER_S`` before closing, so a client still sending
 reads the error instead of a connection reset.
 
@@ -236,7 +236,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------------------------- responses
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn calls this for anything httptools cannot parse; answer in the SPEC §5 error shape."""
+        """uvicorn calls this for anything httptools cannot parse; answer in the one error shape."""
         status, type_, message = self._rejection or (400, "invalid_request", f"malformed HTTP request: {msg}")
         self._send_error_and_close(status, type_, message)
 

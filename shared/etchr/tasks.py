@@ -1,4 +1,4 @@
-"""The five ETCHR task families (SPEC §2) and the one place prompts are built.
+"""The five ETCHR task families (docs/tasks.md) and the one place prompts are built.
 
 The editor is conditioned on ``meta_prompt + " " + question`` — not on an edit instruction — so the
 serving path, the SFT trainer and the RL sampler must build that text identically, or the LoRA sees a

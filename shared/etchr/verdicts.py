@@ -1,7 +1,8 @@
-"""The one judge-verdict reader: what a judge meant by its reply (SPEC §6).
+"""The one judge-verdict reader: what a judge meant by its reply (docs/answers.md).
 
 Every judge path asks a model for a yes/no verdict and reads the reply here: EVR verification, R_corr
-(the reward's correctness votes) and the open-answer judge (R_guid, Eq. 1 and evaluation of open answers).
+(the reward's correctness votes) and the open-answer judge (:mod:`etchr.open_answer_judge`: R_guid, Eq. 1
+and evaluation of open answers).
 Real judges (Qwen-VL, InternVL, GPT-4o, Gemini, thinking models) rarely reply with a bare digit, and their
 explanations are full of numbers ("image 1", "step 1", "1 red box"), so the reader looks for a verdict only
 where a verdict is stated: at the very start of the reply and in its conclusion.
@@ -35,27 +36,20 @@ negative; both count the cause in their metrics.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from etchr.answers import extract_final_answer, judge_prompt_for_open_answer
 from etchr.mllm import MLLMIncomplete
 from etchr.thinking import strip_thinking
 
-if TYPE_CHECKING:
-    from etchr.mllm import MLLMClient
-
 __all__ = [
     "CAUSES",
-    "OPEN_ANSWER_JUDGE_VERSION",
     "READER_VERSION",
     "Cause",
     "Verdict",
     "incomplete_reply",
-    "judge_open_answer",
     "read_verdict",
 ]
 
@@ -255,35 +249,3 @@ def incomplete_reply(backend: str, *, wanted: str, max_tokens: int, setting: str
         f"{wanted}; raise {setting}",
         backend,
     )
-
-
-# The open-answer judge's prompt, rendered with placeholders: part of reward cache keys, so changing the
-# wording (or the reader) never reuses verdicts given to the old one.
-OPEN_ANSWER_JUDGE_VERSION = hashlib.sha256(
-    "\0".join(
-        (READER_VERSION, judge_prompt_for_open_answer("{question}", "{prediction}", "{expected}"))
-    ).encode()
-).hexdigest()[:12]
-
-
-async def judge_open_answer(
-    judge: MLLMClient,
-    *,
-    question: str,
-    answer_text: str,
-    expected: str,
-    max_tokens: int,
-    setting: str,
-) -> tuple[Verdict, int]:
-    """Ask the judge whether the final answer in ``answer_text`` means the same as ``expected``.
-
-    The one open-answer judge (reward service and evaluation alike): greedy, one decoding, read by
-    :func:`read_verdict`. Returns (verdict, HTTP requests made); a reply cut at ``max_tokens`` with no
-    verdict raises :class:`MLLMIncomplete` naming ``setting``, so it is never scored as a "no".
-    """
-    prompt = judge_prompt_for_open_answer(question, extract_final_answer(answer_text), expected)
-    result = await judge.chat([{"role": "user", "content": prompt}], temperature=0.0, max_tokens=max_tokens)
-    verdict = read_verdict(result.texts[0], truncated=result.was_truncated(0))
-    if verdict.cause == "truncated":
-        raise incomplete_reply(result.backend, wanted="a verdict", max_tokens=max_tokens, setting=setting)
-    return verdict, result.requests

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from etchr.answers import match_answer
-from etchr.data.build import build_corpus
-from etchr.data.frozenlake import simulate
-from etchr.data.jigsaw import assemble, tiles_of
-from etchr.data.manifest import ManifestRow, read_manifest
+from etchr.manifest import ManifestRow, read_manifest
+from etchr_tools.data.build import build_corpus
+from etchr_tools.data.frozenlake import simulate
+from etchr_tools.data.jigsaw import assemble, tiles_of
 
 STEP = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
 

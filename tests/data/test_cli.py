@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from etchr.data.manifest import read_manifest
+from etchr.manifest import read_manifest
 
 
 def etchr(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "etchr.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "etchr_tools.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from etchr.answers import match_answer
-from etchr.data.importers import IMPORTERS, import_benchmark
-from etchr.data.manifest import ManifestRow, read_manifest
+from etchr.manifest import ManifestRow, read_manifest
+from etchr_tools.data.importers import IMPORTERS, import_benchmark
 
 
 def _png(path: Path | None = None, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from etchr.cli import DEFAULT_PORTS
-from tests.deploy import compose, envcheck, kube
+from etchr_tools.cli import DEFAULT_PORTS
+from tests.deploy import compose, envcheck, images, kube
 
 ETCHR_SERVICES = ("editor", "verifier", "reward")
 EXPECTED_COMMANDS = {
@@ -77,7 +77,6 @@ def test_etchr_services_run_the_cli_on_its_ports_and_build_from_their_dockerfile
         assert f"127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"]), name
         assert service["build"]["context"] == "."
         assert (compose.REPO / service["build"]["dockerfile"]).is_file()
-        assert service["image"].startswith(f"etchr/{name}:")
         assert service.get("init") is True, f"{name}: SIGTERM must reach the service"
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -175,6 +174,20 @@ def test_interpolation_follows_compose_rules() -> None:
         compose.duration_s("10 minutes")
 
 
+def test_each_service_builds_and_runs_the_image_its_command_needs(stack: dict) -> None:
+    """The editor hosts its GPU worker in-process here, so it runs the CUDA editor image; the verifier and
+    the reward service run the slim front image, built once from one Dockerfile."""
+    for name in ETCHR_SERVICES:
+        service = services(stack)[name]
+        image = kube.split_image(service["image"])[0]
+        assert image == images.image_for(images.etchr_args(service["command"])), name
+        assert compose.REPO / service["build"]["dockerfile"] == images.DOCKERFILES[image], name
+    assert services(stack)["editor"]["image"].startswith(f"{images.EDITOR}:")
+    verifier, reward = services(stack)["verifier"], services(stack)["reward"]
+    assert verifier["image"].startswith(f"{images.FRONT}:")
+    assert (verifier["image"], verifier["build"]) == (reward["image"], reward["build"]), "one front image"
+
+
 def test_dockerfiles_named_by_compose_exist(stack: dict) -> None:
     dockerfiles = {Path(s["build"]["dockerfile"]).name for s in services(stack).values() if "build" in s}
-    assert dockerfiles == {f"{name}.Dockerfile" for name in ETCHR_SERVICES}
+    assert dockerfiles == {path.name for path in images.DOCKERFILES.values()}

@@ -16,16 +16,17 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import redis.asyncio as aioredis
+import yaml
 
-from etchr.cli import DEFAULT_PORTS
-from etchr.queue import JobQueue
-from tests.deploy import envcheck, kube
+from etchr_editor.jobs import QUEUE_NAME, editor_queue
+from etchr_tools.cli import DEFAULT_PORTS
+from tests.deploy import envcheck, images, kube
 
 DIRS = kube.kustomization_dirs()
 OVERLAYS = kube.overlay_dirs()
 IDS = {path: str(path.relative_to(kube.K8S)) for path in DIRS}
 
-# What each Deployment must run: the SPEC's commands, with the editor split into front and GPU workers.
+# What each Deployment must run: the `etchr` commands, with the editor split into front and GPU workers.
 EXPECTED_COMMANDS = {
     "editor": ["etchr", "serve", "editor", "--no-worker", "--host", "0.0.0.0"],
     "editor-worker": ["etchr", "worker", "editor"],
@@ -259,6 +260,55 @@ def test_redis_password_is_the_one_the_services_and_keda_use(path: Path) -> None
     assert kube._secret_value(secret, ref["key"]) == password
 
 
+# --- images --------------------------------------------------------------------------------------------
+
+
+def kustomization(path: Path) -> kube.Resource:
+    return yaml.safe_load((path / "kustomization.yaml").read_text()) or {}
+
+
+def source_image(path: Path, name: str) -> str:
+    """The image name the manifests under ``path`` were written with, before ``images: newName`` moved it
+    (to a registry, say)."""
+    spec = kustomization(path)
+    name = next((e["name"] for e in spec.get("images", []) if e.get("newName") == name), name)
+    bases = [(path / entry).resolve() for entry in spec.get("resources", []) if (path / entry).is_dir()]
+    return source_image(bases[0], name) if bases else name
+
+
+@pytest.mark.parametrize("path", DIRS, ids=IDS.get)
+def test_only_the_editor_workers_run_the_cuda_image(path: Path) -> None:
+    """The editor's front (`--no-worker`) runs the slim image the verifier and the reward service run: it
+    needs no torch. Only the GPU workers, which load the model, run the CUDA editor image."""
+    r = rendered(path)
+    for name, workload in etchr_workloads(r).items():
+        container = main_container(workload)
+        image = source_image(path, kube.split_image(container["image"])[0])
+        assert image == images.image_for(command_of(container)[1:]), f"{name} runs {image}"
+    front, verifier, reward, worker = (
+        main_container(r.get("Deployment", name))["image"]
+        for name in ("editor", "verifier", "reward", "editor-worker")
+    )
+    assert front == verifier == reward != worker, "one slim image for the three HTTP fronts"
+
+
+def test_image_entries_name_the_images_built_here() -> None:
+    """A kustomize `images` entry that names no image in use changes nothing, silently: each must name an
+    image docker/ builds, and an overlay that sets images sets every one it runs (one tag for all)."""
+    for path in DIRS:
+        entries = kustomization(path).get("images", [])
+        named = {entry["name"] for entry in entries}
+        assert named <= set(images.DOCKERFILES), f"{IDS[path]}: {sorted(named - set(images.DOCKERFILES))}"
+        if entries:
+            used = {
+                source_image(path, kube.split_image(c["image"])[0])
+                for w in etchr_workloads(rendered(path)).values()
+                for c in kube.all_containers(w)
+            }
+            assert used <= named, f"{IDS[path]} sets no tag for {sorted(used - named)}"
+            assert len({str(entry.get("newTag")) for entry in entries}) == 1, "one release, one tag"
+
+
 # --- the editor's GPU workers and KEDA -----------------------------------------------------------------
 
 
@@ -319,13 +369,13 @@ def test_keda_scales_editor_workers_on_the_editor_stream(path: Path) -> None:
         f"unknown redis-streams keys {sorted(set(meta) - REDIS_STREAMS_KEYS)}"
     )
 
-    # The stream the workers read: the queue's own naming, with the workers' prefix.
+    # The stream the workers read: the editor's queue contract (etchr_editor.jobs, which the front and the
+    # workers both use), configured from the workers' own settings.
     env = kube.container_env(r, main_container(worker))
     settings = envcheck.load(envcheck.SERVICE_SETTINGS["editor"], env)
-    worker_source = (kube.REPO / "services/editor/etchr_editor/worker.py").read_text()
-    assert 'QUEUE_NAME = "editor"' in worker_source, "the editor queue was renamed: update the trigger"
-    queue = JobQueue(aioredis.Redis(), f"{settings.redis_prefix}:editor", reclaim_idle_s=1)
-    assert meta["stream"] == queue.stream
+    queue = editor_queue(aioredis.Redis(), settings)
+    assert queue.stream.startswith(f"{settings.redis_prefix}:{QUEUE_NAME}:")
+    assert meta["stream"] == queue.stream, "the editor's stream changed: update the trigger"
     assert int(meta["databaseIndex"]) == int(urlsplit(settings.redis_url).path.lstrip("/") or 0)
 
     # Busy workers must count: XLEN mode (no consumerGroup: finished entries are deleted, so the stream

@@ -308,7 +308,7 @@ class UpProcess:
         log_path = cwd / "up.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "etchr.cli", "up", *args],
+                [sys.executable, "-m", "etchr_tools.cli", "up", *args],
                 env={**os.environ, **base_env(), **env},
                 cwd=cwd,
                 stdout=log,

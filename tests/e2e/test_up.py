@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from etchr.settings import MLLMSettings
-from etchr.stack import (
+from etchr_tools.stack import (
     ChildSpec,
     StackError,
     StackPlan,
@@ -53,7 +53,7 @@ def mllm() -> Iterator[ScriptedMLLM]:
 def run_up(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """``etchr up`` expected to refuse before starting anything."""
     return subprocess.run(
-        [sys.executable, "-m", "etchr.cli", "up", *args],
+        [sys.executable, "-m", "etchr_tools.cli", "up", *args],
         env={**os.environ, **base_env(), **env},
         cwd=cwd,
         capture_output=True,
@@ -215,7 +215,7 @@ def test_plan_wires_the_services_and_warns_without_an_mllm() -> None:
 
 
 def test_missing_mllm_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from etchr.stack import missing_mllm_settings
+    from etchr_tools.stack import missing_mllm_settings
 
     monkeypatch.setenv("ETCHR_MLLM_BASE_URL", "")
     monkeypatch.setenv("ETCHR_MLLM_MODEL", "")

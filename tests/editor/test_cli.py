@@ -21,7 +21,7 @@ from tests.support.servers import EtchrProcess, wait_until
 def test_tiny_editor_command_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     done = subprocess.run(
-        [sys.executable, "-m", "etchr.cli", "tiny-editor", str(out)],
+        [sys.executable, "-m", "etchr_tools.cli", "tiny-editor", str(out)],
         capture_output=True,
         text=True,
         timeout=120,

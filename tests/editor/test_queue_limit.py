@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from etchr.settings import EditorSettings
-from etchr_editor.api import create_app
-from etchr_editor.worker import QUEUE_NAME
+from etchr_editor.jobs import QUEUE_NAME
+from etchr_editor.service import create_app
 from tests.support.redis_server import RedisServer
 from tests.support.servers import UvicornThread
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from etchr import cli
 from etchr.protocol.reward import FilterRequest, RewardRequest
 from etchr.settings import EditorSettings, RewardSettings, VerifierSettings
-from etchr_editor.train.rl import RLConfig
-from etchr_editor.train.rl_data import DEFAULT_K
-from etchr_editor.train.sft import SFTConfig
+from etchr_tools import cli
+from etchr_train.rl import RLConfig
+from etchr_train.rl_data import DEFAULT_K
+from etchr_train.sft import SFTConfig
 
 RECIPE = Path(__file__).resolve().parents[2] / "docs" / "recipe.md"
 

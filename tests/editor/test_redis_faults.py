@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from etchr.settings import EditorSettings
-from etchr_editor.api import create_app
+from etchr_editor.service import create_app
 from tests.support.redis_memory import assert_redis_refused, fill_until_oom, lift_maxmemory
 from tests.support.redis_server import RedisServer
 from tests.support.servers import UvicornThread, wait_until

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from etchr.data.manifest import ManifestRow, read_manifest, write_manifest
+from etchr.clients.reward import RewardClient
+from etchr.manifest import ManifestRow, read_manifest, write_manifest
 from etchr.settings import RewardSettings
-from etchr_editor.train.rl_data import FilterReport, clause_table, filter_manifest
 from etchr_reward.api import create_app as create_reward_app
-from etchr_reward.client import RewardClient
+from etchr_train.rl_data import FilterReport, clause_table, filter_manifest
 from tests.reward.test_filter import sampled
 from tests.support.mllm_server import ScriptedMLLM
 from tests.support.redis_server import RedisServer
@@ -81,14 +81,15 @@ def mllm() -> Iterator[ScriptedMLLM]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def reward_url(redis_server: RedisServer, mllm: ScriptedMLLM) -> Iterator[str]:
+def reward_service(redis_server: RedisServer, mllm: ScriptedMLLM, prefix: str) -> Iterator[str]:
+    """The real reward service (in-process query workers) on the test MLLM: its URL, until closed. Each
+    module gives its own ``prefix``, so no module reads verdicts another's MLLM gave."""
     launcher = AppLauncher(
         create_reward_app,
         RewardSettings,
         {
             "redis_url": redis_server.url,
-            "redis_prefix": "rl-filter-test",
+            "redis_prefix": prefix,
             "mllm_base_url": [mllm.base_url],
             "mllm_model": "test-vlm",
             "mllm_max_retries": 0,
@@ -98,8 +99,14 @@ def reward_url(redis_server: RedisServer, mllm: ScriptedMLLM) -> Iterator[str]:
     launcher.stop_all()
 
 
+@pytest.fixture(scope="module")
+def reward_url(redis_server: RedisServer, mllm: ScriptedMLLM) -> Iterator[str]:
+    yield from reward_service(redis_server, mllm, "rl-filter-test")
+
+
 def run_filter(corpus: Path, out: Path, reward_url: str, *options: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "etchr.cli", "train", "filter", "--data", str(corpus), "--out", str(out)]
+    command = [sys.executable, "-m", "etchr_tools.cli", "train", "filter"]
+    command += ["--data", str(corpus), "--out", str(out)]
     return subprocess.run(
         [*command, "--reward-url", reward_url, *options], capture_output=True, text=True, timeout=120
     )

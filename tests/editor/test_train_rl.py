@@ -19,24 +19,23 @@ import pytest
 import torch
 from PIL import Image
 
-from etchr.data.manifest import ManifestRow, read_manifest, write_manifest
-from etchr.settings import RewardSettings
+from etchr.clients.reward import RewardClient
+from etchr.manifest import ManifestRow, read_manifest, write_manifest
 from etchr.tasks import JUDGE_REPLY_CONVENTION
-from etchr_editor.api import create_app as create_editor_app
 from etchr_editor.model import load_editor
 from etchr_editor.sampler import BatchedSampler, SampleRequest
-from etchr_editor.train.checkpoints import latest_checkpoint
-from etchr_editor.train.examples import TrainingBatch, TrainingExample
-from etchr_editor.train.rl import RewardUnavailable, RLConfig, policy_loss, reward_items, train_rl
-from etchr_editor.train.rl_data import filter_manifest
-from etchr_editor.train.rollouts import sample_trajectories
-from etchr_reward.api import create_app as create_reward_app
-from etchr_reward.client import RewardClient
+from etchr_editor.service import create_app as create_editor_app
+from etchr_train.checkpoints import latest_checkpoint
+from etchr_train.examples import TrainingBatch, TrainingExample
+from etchr_train.rl import RewardUnavailable, RLConfig, policy_loss, reward_items, train_rl
+from etchr_train.rl_data import filter_manifest
+from etchr_train.rollouts import sample_trajectories
 from tests.editor.test_api import editor_settings
+from tests.editor.test_rl_filter import reward_service
 from tests.editor.test_train_sft import edit_pixels
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer
-from tests.support.servers import AppLauncher, UvicornThread
+from tests.support.servers import UvicornThread
 
 RIGHT, WRONG = "\\boxed{B}", "\\boxed{A}"
 JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
@@ -121,19 +120,7 @@ def mllm(judge: GreenJudge) -> Iterator[ScriptedMLLM]:
 
 @pytest.fixture(scope="module")
 def reward_url(redis_server: RedisServer, mllm: ScriptedMLLM) -> Iterator[str]:
-    launcher = AppLauncher(
-        create_reward_app,
-        RewardSettings,
-        {
-            "redis_url": redis_server.url,
-            "redis_prefix": "rl-test",
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
-        },
-    )
-    yield launcher.launch()
-    launcher.stop_all()
+    yield from reward_service(redis_server, mllm, "rl-test")
 
 
 def config(data: Path, model: Path, out: Path, reward_url: str, **overrides: object) -> RLConfig:
@@ -282,7 +269,7 @@ def test_filter_keeps_the_rows_the_edit_makes_the_difference(
     assert (summary.manifest.parent / row.image).is_file() and (
         summary.manifest.parent / row.edited_image
     ).is_file()
-    command = [sys.executable, "-m", "etchr.cli", "train", "filter", "--data", str(rl_set)]
+    command = [sys.executable, "-m", "etchr_tools.cli", "train", "filter", "--data", str(rl_set)]
     done = subprocess.run(
         [*command, "--out", str(tmp_path / "cli"), "--reward-url", reward_url],
         capture_output=True,

@@ -21,16 +21,16 @@ from diffusers import Flux2KleinPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from etchr.data.build import build_corpus
-from etchr_editor.api import create_app
-from etchr_editor.train.checkpoints import latest_checkpoint
-from etchr_editor.train.lora import LORA_WEIGHTS, add_lora, load_lora
-from etchr_editor.train.sft import SFTConfig, SFTResult, train_sft
+from etchr_editor.service import create_app
+from etchr_tools.data.build import build_corpus
+from etchr_train.checkpoints import latest_checkpoint
+from etchr_train.lora import LORA_WEIGHTS, add_lora, load_lora
+from etchr_train.sft import SFTConfig, SFTResult, train_sft
 from tests.editor.test_api import edit_body, editor_settings
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.servers import UvicornThread
 
-ETCHR = (sys.executable, "-m", "etchr.cli")
+ETCHR = (sys.executable, "-m", "etchr_tools.cli")
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")
 RANK, ALPHA = 8, 16.0  # alpha ≠ rank: the scale must survive saving and loading
 
@@ -238,7 +238,7 @@ def test_cli_trains_and_reports_bad_options(maze: Path, tiny_editor_dir: Path, t
     base = [
         sys.executable,
         "-m",
-        "etchr.cli",
+        "etchr_tools.cli",
         "train",
         "sft",
         "--data",

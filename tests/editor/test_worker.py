@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 
 from etchr.imaging import fit_model_size
 from etchr.settings import EditorSettings
+from etchr_editor.jobs import editor_queue
 from etchr_editor.metrics import EditorMetrics
-from etchr_editor.worker import EditorWorker, WarmUp, editor_queue, warmup_plan
+from etchr_editor.worker import EditorWorker, WarmUp, warmup_plan
 
 if TYPE_CHECKING:
     from etchr_editor.model import LoadedEditor

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from etchr_editor.api import create_app
+from etchr_editor.service import create_app
 from tests.editor.test_api import edit_body, editor_settings, png_b64
 from tests.support.redis_server import RedisServer
 from tests.support.servers import EtchrProcess, UvicornThread, wait_until

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from etchr.settings import EditorSettings, RewardSettings, VerifierSettings
-from etchr_editor.api import create_app as create_editor_app
+from etchr_editor.service import create_app as create_editor_app
 from etchr_reward.api import create_app as create_reward_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import ScriptedMLLM

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from etchr_reward.client import AsyncRewardClient, RewardClient, RewardServiceError
+from etchr.clients.reward import AsyncRewardClient, RewardClient, RewardServiceError
 from tests.reward.conftest import RewardFactory, png
 from tests.reward.test_reward_api import QUESTION, item, post
 from tests.support.redis_server import free_port

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from etchr.clients.reward import RewardClient
 from etchr.tasks import TaskRegistry
-from etchr_reward.client import RewardClient
 from tests.editor.test_api import assert_error
 from tests.reward.conftest import RewardFactory, colour_of, png
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM

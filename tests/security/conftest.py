@@ -13,7 +13,7 @@ import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,11 +22,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from PIL import Image
-from starlette.routing import BaseRoute, Mount, Route
 
 from etchr.settings import EditorSettings, RewardSettings, VerifierSettings
 from etchr.tasks import JUDGE_REPLY_CONVENTION
-from etchr_editor.api import create_app as create_editor_app
+from etchr_editor.service import create_app as create_editor_app
 from etchr_reward.api import create_app as create_reward_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import RecordedRequest, ScriptedMLLM
@@ -69,7 +68,7 @@ def bomb_png_bytes(width: int = 60_000, height: int = 60_000) -> bytes:
 
 
 def assert_error(response: httpx.Response, status: int, type_: str | None = None) -> dict[str, str]:
-    """The SPEC §5 error body with ``status`` (and ``type_``), and the request id header."""
+    """The error body (docs/api.md) with ``status`` (and ``type_``), and the request id header."""
     assert response.status_code == status, (response.request.method, response.request.url, response.text)
     body = response.json()
     assert set(body) == {"error"}, body
@@ -89,36 +88,6 @@ def mllm_responder(request: RecordedRequest) -> str:
     if ROUTE_MARK in request.text:
         return "logic"
     return "Following the path, the exit is B.\n\\boxed{B}"
-
-
-def app_routes(app: FastAPI) -> set[tuple[str, str]]:
-    """(method, path) of every route the app serves, schema or not, so a new route is covered by itself.
-
-    Walks included routers (newer FastAPI keeps each one as a single lazy route holding the original
-    router) and mounts; an unknown kind of route fails loudly rather than being skipped.
-    """
-    found: set[tuple[str, str]] = set()
-
-    def walk(routes: Iterable[BaseRoute], prefix: str) -> None:
-        for route in routes:
-            inner = getattr(route, "original_router", None)
-            if inner is not None:
-                context = getattr(route, "include_context", None)
-                walk(inner.routes, prefix + (getattr(context, "prefix", "") or ""))
-            elif isinstance(route, Mount):
-                if route.routes:
-                    walk(route.routes, prefix + route.path)
-                else:  # a mounted app (static files): its root stands for it
-                    found.add(("GET", prefix + route.path + "/"))
-            elif isinstance(route, Route):
-                for method in route.methods or {"GET"}:
-                    if method != "HEAD":
-                        found.add((method, prefix + route.path))
-            else:
-                raise AssertionError(f"a route of an unknown kind the security tests do not cover: {route!r}")
-
-    walk(app.routes, "")
-    return found
 
 
 @dataclass

@@ -12,7 +12,8 @@ import re
 import httpx
 import pytest
 
-from tests.security.conftest import API_KEY, AUTH, SECOND_AUTH, Service, app_routes, assert_error
+from tests.security.conftest import API_KEY, AUTH, SECOND_AUTH, Service, assert_error
+from tests.support.routes import app_routes
 
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 # Routes answered without a token, per service, on purpose. Keep this list short and say why.

@@ -1,5 +1,5 @@
 """Input limits at the service level, on all three services: field lengths (422), body size (413), pixels
-and decompression bombs (400) — each refused with the SPEC §5 body before any model or MLLM call.
+and decompression bombs (400) — each refused with the error body of docs/api.md before any model or MLLM call.
 
 The editor's JSON ``/edit`` body, pixel and bomb cases live in tests/editor/test_api.py; the codec itself in
 tests/shared/test_imaging.py.

@@ -256,7 +256,7 @@ def test_trickled_body_gets_408_json_and_is_closed(server: Server) -> None:
             time.sleep(0.05)
         steady = read_response(sock, timeout=30)
         assert steady.status != 408, steady
-    # One byte at a time: the app answers 408 in the SPEC §5 shape and the connection is closed.
+    # One byte at a time: the app answers 408 in the one error shape and the connection is closed.
     with connect(server) as sock:
         sock.sendall(answer_head(len(body)))
         pieces = (bytes([byte]) for byte in body)

@@ -13,12 +13,10 @@ from etchr.answers import (
     explicit_final_answer,
     extract_final_answer,
     extract_option_letter,
-    judge_prompt_for_open_answer,
     match_answer,
     normalize_answer,
     parse_number,
 )
-from etchr.tasks import JUDGE_REPLY_CONVENTION
 
 # ------------------------------------------------------------------------------------------- extraction
 
@@ -543,18 +541,6 @@ def test_match_is_frozen_and_reports_what_was_read() -> None:
     assert result == Match(True, "numeric", "42", "42")
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.correct = False  # type: ignore[misc]
-
-
-def test_judge_prompt_for_open_answer() -> None:
-    prompt = judge_prompt_for_open_answer(
-        " Where is the mug? ", "<think>secret</think>Left of the laptop.", "on the left side"
-    )
-    assert "Question: Where is the mug?" in prompt
-    assert "Reference answer: on the left side" in prompt
-    assert "Model's answer: Left of the laptop." in prompt
-    assert "secret" not in prompt
-    assert prompt.endswith(JUDGE_REPLY_CONVENTION)  # the one reply convention every judge is asked for
-    assert "(no answer)" in judge_prompt_for_open_answer("q", "<think>x", "y")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Any Redis error a route lets escape is a 503 with Retry-After and the SPEC §5 body, over real HTTP.
+"""Any Redis error a route lets escape is a 503 with Retry-After and the one error body, over real HTTP.
 
 The errors are the ones redis-py raises for what a real server answers (see the Redis fault tests in
 tests/editor and tests/reward for the same against a real redis-server at maxmemory).

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from etchr.prompts import AnswerPrompts
-from etchr.tasks import TaskRegistry
+from etchr.prompts import (
+    OPEN_ANSWER_JUDGE_PROMPT,
+    OPEN_ANSWER_JUDGE_PROMPT_VERSION,
+    AnswerPrompts,
+    judge_prompt_for_open_answer,
+)
+from etchr.tasks import JUDGE_REPLY_CONVENTION, TaskRegistry
 from etchr_verifier.routing import parse_route
 
 CHOICES = ("perception", "chart", "logic", "jigsaw", "3d", "none")
@@ -99,3 +105,34 @@ def test_docs_show_the_default_prompts_verbatim() -> None:
     defaults = AnswerPrompts()
     for text in (defaults.reason_direct, defaults.reason_with_edit, defaults.route):
         assert f"```text\n{text}\n```" in docs
+
+
+# ---------------------------------------------------------------------------------- open-answer judge
+
+
+def test_judge_prompt_for_open_answer() -> None:
+    prompt = judge_prompt_for_open_answer(
+        " Where is the mug? ", "<think>secret</think>Left of the laptop.", "on the left side"
+    )
+    assert "Question: Where is the mug?" in prompt
+    assert "Reference answer: on the left side" in prompt
+    assert "Model's answer: Left of the laptop." in prompt
+    assert "secret" not in prompt
+    assert prompt.endswith(JUDGE_REPLY_CONVENTION)  # the one reply convention every judge is asked for
+    assert "(no answer)" in judge_prompt_for_open_answer("q", "<think>x", "y")
+
+
+def test_open_answer_judge_prompt_fills_each_placeholder_once_and_keeps_other_braces() -> None:
+    prompt = judge_prompt_for_open_answer("What is {expected} in {x}?", "It is {question}.", "a {prediction}")
+    assert "Question: What is {expected} in {x}?" in prompt
+    assert "Reference answer: a {prediction}" in prompt
+    assert "Model's answer: It is {question}." in prompt
+    assert prompt.endswith("\\boxed{1} if the answer is yes or \\boxed{0} if it is no.")
+
+
+def test_open_answer_judge_prompt_is_versioned_by_its_text() -> None:
+    """The reward cache keys open-answer verdicts on this version (tests/reward/test_digest.py)."""
+    by_text = hashlib.sha256(OPEN_ANSWER_JUDGE_PROMPT.encode()).hexdigest()[:12]
+    assert by_text == OPEN_ANSWER_JUDGE_PROMPT_VERSION
+    others = {AnswerPrompts().version, *(family.version for family in TaskRegistry.default())}
+    assert OPEN_ANSWER_JUDGE_PROMPT_VERSION not in others

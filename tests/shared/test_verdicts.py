@@ -7,13 +7,10 @@ thinking, DeepSeek-R1 — words it), the cause it means, and whether the backend
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 
-from etchr.mllm import Backend, MLLMClient, MLLMIncomplete
-from etchr.verdicts import CAUSES, OPEN_ANSWER_JUDGE_VERSION, Verdict, judge_open_answer, read_verdict
-from tests.support.mllm_server import Reply, ScriptedMLLM
+from etchr.verdicts import CAUSES, Verdict, read_verdict
 
 # (reply, cause it means, cut at max_tokens)
 REPLIES: list[tuple[str, str, bool]] = [
@@ -225,69 +222,3 @@ def test_verdict_is_a_frozen_value() -> None:
     assert verdict == Verdict(True, "yes")
     with pytest.raises(dataclasses.FrozenInstanceError):
         verdict.value = False  # type: ignore[misc]
-
-
-# ---------------------------------------------------------------------------------- open-answer judge
-
-QUESTION = "What is the man holding?"
-
-
-@pytest.fixture
-def judge_server() -> Iterator[ScriptedMLLM]:
-    with ScriptedMLLM() as server:
-        yield server
-
-
-async def _ask(server: ScriptedMLLM, answer_text: str, expected: str) -> tuple[Verdict, int]:
-    client = MLLMClient([Backend(server.base_url, "key", "test-judge")], timeout_s=5, max_retries=0)
-    try:
-        return await judge_open_answer(
-            client,
-            question=QUESTION,
-            answer_text=answer_text,
-            expected=expected,
-            max_tokens=321,
-            setting="ETCHR_TEST_JUDGE_MAX_TOKENS",
-        )
-    finally:
-        await client.aclose()
-
-
-async def test_open_answer_judge_sees_only_the_final_answer_and_is_read_by_the_reader(
-    judge_server: ScriptedMLLM,
-) -> None:
-    judge_server.responder = lambda request: (
-        "The model says a red umbrella; the reference says an umbrella. Same object.\n\n\\boxed{1}"
-    )
-    verdict, requests = await _ask(
-        judge_server,
-        "<think>maybe a cane</think>He holds an umbrella.\n\nAnswer: a red umbrella",
-        "an umbrella",
-    )
-    assert verdict == Verdict(True, "yes") and requests == 1
-    (request,) = judge_server.requests
-    assert request.temperature == 0 and request.max_tokens == 321 and request.image_count == 0
-    assert "Model's answer: a red umbrella" in request.text and "cane" not in request.text
-    assert "Reference answer: an umbrella" in request.text
-
-    judge_server.responder = lambda request: "No, the model names 1 cane, not the umbrella in image 1."
-    assert (await _ask(judge_server, "Answer: a cane", "an umbrella"))[0] == Verdict(False, "no")
-
-
-async def test_open_answer_judge_cut_before_its_verdict_is_incomplete_never_a_no(
-    judge_server: ScriptedMLLM,
-) -> None:
-    judge_server.responder = lambda request: Reply(
-        content="<think>\nThe reference says umbrella and the model says", finish_reason="length"
-    )
-    with pytest.raises(MLLMIncomplete, match=r"max_tokens=321.*ETCHR_TEST_JUDGE_MAX_TOKENS") as caught:
-        await _ask(judge_server, "Answer: parasol", "an umbrella")
-    assert "test-judge" in caught.value.backend
-
-    # cut after it stated the verdict: used
-    judge_server.responder = lambda request: Reply(content="1. Both name the same", finish_reason="length")
-    assert (await _ask(judge_server, "Answer: parasol", "an umbrella"))[0] == Verdict(True, "yes")
-
-
-def test_open_answer_judge_version_is_a_short_hash() -> None:
-    assert len(OPEN_ANSWER_JUDGE_VERSION) == 12 and int(OPEN_ANSWER_JUDGE_VERSION, 16) >= 0

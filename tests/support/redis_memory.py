@@ -53,7 +53,7 @@ def lift_maxmemory(server: RedisServer) -> None:
 
 
 def assert_redis_refused(response: httpx.Response) -> dict[str, object]:
-    """A 503 with ``Retry-After``, the SPEC §5 JSON error body naming Redis, and a request id."""
+    """A 503 with ``Retry-After``, the JSON error body naming Redis, and a request id."""
     assert response.status_code == 503, (response.request.url, response.status_code, response.text)
     assert int(response.headers["retry-after"]) > 0
     assert response.headers["content-type"].startswith("application/json")

@@ -67,7 +67,7 @@ class EtchrProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "etchr.cli", *args],
+            [sys.executable, "-m", "etchr_tools.cli", *args],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

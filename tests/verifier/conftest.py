@@ -10,7 +10,7 @@ import pytest
 
 from etchr.settings import EditorSettings, VerifierSettings
 from etchr.tasks import JUDGE_REPLY_CONVENTION
-from etchr_editor.api import create_app as create_editor_app
+from etchr_editor.service import create_app as create_editor_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer

@@ -138,7 +138,7 @@ def test_editor_past_its_deadline_still_answers(
     verifier: VerifierFactory, redis_server, key_prefix: str
 ) -> None:
     from etchr.settings import EditorSettings
-    from etchr_editor.api import create_app
+    from etchr_editor.service import create_app
     from tests.support.servers import UvicornThread
 
     idle_editor = UvicornThread(  # a front without workers: edits never finish

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from etchr.data.manifest import ManifestRow, write_manifest
-from etchr.eval.harness import Evaluator, RowResult, load_results
-from etchr.eval.report import markdown_table, summarize, write_report
+from etchr.manifest import ManifestRow, write_manifest
+from etchr_tools.eval.harness import Evaluator, RowResult, load_results
+from etchr_tools.eval.report import markdown_table, summarize, write_report
 from tests.editor.test_api import png_b64
 from tests.support.mllm_server import Reply, ScriptedMLLM
 from tests.verifier.conftest import Script, VerifierFactory
@@ -117,7 +117,7 @@ def test_eval_cli_records_nothing_for_failed_requests_and_a_rerun_finishes(
     command = [
         sys.executable,
         "-m",
-        "etchr.cli",
+        "etchr_tools.cli",
         "eval",
         "--manifest",
         str(manifest),

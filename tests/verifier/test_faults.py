@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from etchr.settings import EditorSettings, VerifierSettings
-from etchr_editor.api import create_app as create_editor_app
+from etchr_editor.service import create_app as create_editor_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.editor.test_api import assert_error, png_b64
 from tests.support.mllm_server import Reply, ScriptedMLLM

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from etchr.data.manifest import ManifestRow, write_manifest
-from etchr.eval.harness import EvalRun, Evaluator, load_results
+from etchr.manifest import ManifestRow, write_manifest
 from etchr.mllm import Backend, MLLMClient
 from etchr.prompts import AnswerPrompts
 from etchr.tasks import TaskRegistry
+from etchr_tools.eval.harness import EvalRun, Evaluator, load_results
 from tests.editor.test_api import assert_error, png_b64
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.verifier.conftest import VerifierFactory

@@ -1,16 +1,20 @@
-"""The editor HTTP front: validates and enqueues edits, waits for results; optionally hosts a worker."""
+"""The editor's HTTP front: validates and enqueues edits, waits for results.
+
+It imports neither torch nor diffusers (it speaks to workers only through ``etchr_editor.jobs``), so the
+front runs from the slim image on many replicas. ``etchr_editor.service`` adds the in-process worker.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -23,10 +27,8 @@ from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, decode_base64_image, decode_image_bytes, to_model_size
 from etchr.protocol import MAX_KEYWORD_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
 from etchr.protocol.edit import (
-    EditJob,
     EditRequest,
     EditResponse,
-    EditResult,
     EditTask,
     EditTimings,
     JobAccepted,
@@ -38,13 +40,22 @@ from etchr.queue import JobQueue, JobRecord, JobStatus, QueueFull
 from etchr.redis_client import connect_redis
 from etchr.settings import EditorSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
+from etchr.workers import QueueWorker, Readiness, hosted_worker
+from etchr_editor.jobs import EditJob, EditResult, editor_queue, job_fields, job_meta
 from etchr_editor.metrics import EditorMetrics
-from etchr_editor.model import LoadedEditor
-from etchr_editor.worker import EditorWorker, editor_queue
 
 logger = logging.getLogger("etchr.editor.api")
 
 RETRY_AFTER_FULL_S = "5"
+
+
+class HostedWorker(QueueWorker, Protocol):
+    """A worker the front can host in-process: it also says whether it can take jobs yet."""
+
+    async def readiness(self) -> str | None: ...
+
+
+WorkerFactory = Callable[[JobQueue, EditorMetrics], HostedWorker]
 
 
 @dataclass
@@ -57,9 +68,7 @@ class EditorRuntime:
     tasks: TaskRegistry
     metrics: EditorMetrics
     limits: ImageLimits
-    worker: EditorWorker | None = None
-    worker_task: asyncio.Task[None] | None = None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: HostedWorker | None = None
 
 
 def get_runtime(request: Request) -> EditorRuntime:
@@ -116,10 +125,7 @@ async def submit(
     )
     try:
         await runtime.queue.enqueue(
-            job.id,
-            {"job": job.model_dump_json(), "pixels": model_image.tobytes()},
-            meta={"task": job.task, "prompt": job.prompt},
-            max_depth=settings.editor_queue_max,
+            job.id, job_fields(job, model_image), meta=job_meta(job), max_depth=settings.editor_queue_max
         )
     except QueueFull as exc:
         raise _queue_full(runtime, exc.depth) from None
@@ -271,14 +277,11 @@ async def openai_images_edit(
     )
 
 
-def create_app(settings: EditorSettings | None = None, *, editor: LoadedEditor | None = None) -> FastAPI:
-    """The editor app; with ``ETCHR_EDITOR_WORKER`` (default on) it also runs a worker in-process.
-
-    ``editor``: an already loaded pipeline for that worker, instead of loading ``ETCHR_EDITOR_MODEL``.
-    """
+def create_app(settings: EditorSettings | None = None, *, worker: WorkerFactory | None = None) -> FastAPI:
+    """The editor's HTTP front. ``worker`` builds a worker to host in-process, from the front's queue and
+    metrics (``etchr_editor.service`` passes one unless ``ETCHR_EDITOR_WORKER`` is off); its readiness
+    joins the front's ``/readyz``."""
     settings = settings or EditorSettings()
-    if editor is not None and not settings.editor_worker:
-        raise ValueError("an editor was given but ETCHR_EDITOR_WORKER is off: nothing would serve it")
     metrics = EditorMetrics()
     tasks = TaskRegistry.from_file(settings.tasks_file)
 
@@ -294,35 +297,27 @@ def create_app(settings: EditorSettings | None = None, *, editor: LoadedEditor |
             tasks=tasks,
             metrics=metrics,
             limits=ImageLimits.from_settings(settings),
+            worker=worker(queue, metrics) if worker is not None else None,
         )
         app.state.runtime = runtime
         with suppress(Exception):  # Redis may be down at start; reads recreate the group when it returns
             await queue.ensure_group()
-        if settings.editor_worker:
-            runtime.worker = EditorWorker(queue, settings, metrics, editor=editor)
-            runtime.worker_task = asyncio.create_task(runtime.worker.run(runtime.stop))
         try:
-            yield
+            async with hosted_worker(runtime.worker):
+                yield
         finally:
-            runtime.stop.set()
-            if runtime.worker_task is not None:
-                with suppress(Exception):
-                    await runtime.worker_task  # finishes the batch in hand
             await client.aclose()
 
     async def worker_readiness() -> str | None:
-        runtime: EditorRuntime = app.state.runtime
-        return None if runtime.worker is None else await runtime.worker.readiness()
+        hosted = app.state.runtime.worker
+        return None if hosted is None else await hosted.readiness()
 
+    readiness: list[Readiness] = [
+        redis_readiness(lambda: app.state.runtime.redis, key_prefix=settings.redis_prefix),
+        worker_readiness,
+    ]
     app = create_service_app(
-        title="ETCHR editor",
-        settings=settings,
-        metrics=metrics,
-        lifespan=lifespan,
-        readiness=[
-            redis_readiness(lambda: app.state.runtime.redis, key_prefix=settings.redis_prefix),
-            worker_readiness,
-        ],
+        title="ETCHR editor", settings=settings, metrics=metrics, lifespan=lifespan, readiness=readiness
     )
     app.include_router(router)
     return app

@@ -1,4 +1,4 @@
-"""A tiny random-init Flux2Klein pipeline (SPEC §7).
+"""A tiny random-init Flux2Klein pipeline (docs/tiny-editor.md).
 
 No weights can be downloaded in development or CI, yet the real loading code (``from_pretrained``, LoRA
 loading and fusing, the batched sampler) must be exercised end to end. This module builds a pipeline with

@@ -10,44 +10,29 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 import redis.exceptions
-import uvicorn
 from PIL import Image
 
-from etchr import serving
 from etchr.http import create_app, redis_readiness
 from etchr.imaging import encode_png_base64, fit_model_size, restore_size
-from etchr.protocol.edit import EditJob, EditResult
 from etchr.queue import Delivery, JobQueue
 from etchr.redis_client import RedisBackoff, connect_redis
 from etchr.settings import EditorSettings
+from etchr.workers import run_worker_process
+from etchr_editor.jobs import EDITOR_FAILED, MALFORMED_JOB, EditJob, EditResult, editor_queue, read_job
 from etchr_editor.metrics import EditorMetrics
 from etchr_editor.model import LoadedEditor, load_editor
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 
 logger = logging.getLogger("etchr.editor.worker")
 
-QUEUE_NAME = "editor"
 READ_BLOCK_MS = 500  # short, so a stop request is noticed between reads
-
-
-def editor_queue(client: aioredis.Redis, settings: EditorSettings) -> JobQueue:
-    """The one place the editor's stream is named and configured (API and workers must agree)."""
-    return JobQueue(
-        client,
-        f"{settings.redis_prefix}:{QUEUE_NAME}",
-        reclaim_idle_s=settings.queue_reclaim_s,
-        max_deliveries=settings.queue_max_deliveries,
-        result_ttl_s=settings.queue_result_ttl_s,
-    )
 
 
 @dataclass(frozen=True)
@@ -79,12 +64,6 @@ def warmup_plan(settings: EditorSettings) -> list[WarmUp]:
         for k, size in enumerate(sizes)
         for warm in (WarmUp(size, 1 if k == 0 else pair), WarmUp(size, 1, guidance_scale=1.0))
     ]
-
-
-def job_pixels(job: EditJob, delivery: Delivery) -> Image.Image:
-    """The model-size RGB image the API put beside the job."""
-    width, height = job.image_size
-    return Image.frombytes("RGB", (width, height), delivery.fields["pixels"])
 
 
 @dataclass
@@ -229,10 +208,9 @@ class EditorWorker:
 
     async def _prepare(self, delivery: Delivery) -> _Work | None:
         try:
-            job = EditJob.model_validate_json(delivery.fields["job"])
-            image = job_pixels(job, delivery)
+            job, image = read_job(delivery)
         except (KeyError, ValueError) as exc:
-            await self.queue.fail(delivery, f"malformed job: {exc}")
+            await self.queue.fail(delivery, f"{MALFORMED_JOB}: {exc}")
             self.metrics.jobs.labels("failed").inc()
             return None
         if not await self.queue.mark_running(delivery, self.consumer):
@@ -258,7 +236,7 @@ class EditorWorker:
         except Exception as exc:
             logger.exception("sampler failed on a batch of %d jobs", len(group))
             for work in group:
-                message = f"editor failed: {type(exc).__name__}: {exc}"
+                message = f"{EDITOR_FAILED}: {type(exc).__name__}: {exc}"
                 await self.queue.fail(work.delivery, message, retry_s=self.queue.reclaim_idle_s)
                 self.metrics.jobs.labels("failed").inc()
             return
@@ -288,14 +266,6 @@ def _encode_all(images: Sequence[Image.Image], size: tuple[int, int]) -> list[st
     return [encode_png_base64(restore_size(image, size)) for image in images]
 
 
-class _ProbeServer(uvicorn.Server):
-    """uvicorn for the probe port; SIGTERM/SIGINT stay with the worker, which drains its batch first."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve_worker(settings: EditorSettings) -> None:
     """``etchr worker editor``: one worker process, SIGTERM finishes the batch.
 
@@ -308,34 +278,15 @@ async def serve_worker(settings: EditorSettings) -> None:
     queue = editor_queue(client, settings)
     metrics.queue_depth.queue = queue
     worker = EditorWorker(queue, settings, metrics)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    probes: _ProbeServer | None = None
-    probes_task: asyncio.Task[None] | None = None
-    if settings.editor_worker_metrics_port:
-        app = create_app(
-            title="ETCHR editor worker",
-            settings=settings,
-            metrics=metrics,
-            readiness=[redis_readiness(lambda: client, key_prefix=settings.redis_prefix), worker.readiness],
-        )
-        config = serving.uvicorn_config(
-            app,
-            settings=settings,
-            host="0.0.0.0",
-            port=settings.editor_worker_metrics_port,
-            lifespan="off",
-            log_level="warning",
-        )
-        probes = _ProbeServer(config)
-        probes_task = asyncio.create_task(probes.serve())
+    probes = create_app(
+        title="ETCHR editor worker",
+        settings=settings,
+        metrics=metrics,
+        readiness=[redis_readiness(lambda: client, key_prefix=settings.redis_prefix), worker.readiness],
+    )
     try:
-        await worker.run(stop)
+        await run_worker_process(
+            worker, settings, probes=probes, probe_port=settings.editor_worker_metrics_port
+        )
     finally:
-        if probes is not None and probes_task is not None:
-            probes.should_exit = True
-            with contextlib.suppress(Exception):
-                await probes_task
         await client.aclose()

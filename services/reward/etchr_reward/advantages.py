@@ -1,4 +1,4 @@
-"""Reward combination and group-relative advantages (SPEC §1, Stage II): pure math, no I/O.
+"""Reward combination and group-relative advantages (Stage II, docs/training.md): pure math, no I/O.
 
 Within a rollout group of G edits of one (I, q):
 

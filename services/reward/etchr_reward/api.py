@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,11 +29,13 @@ from etchr.protocol.reward import (
 from etchr.redis_client import connect_redis
 from etchr.settings import RewardSettings
 from etchr.tasks import JudgeImages
+from etchr.workers import hosted_worker
 from etchr_reward.advantages import combine, group_advantages
 from etchr_reward.dispatch import PendingQuery, QueryDispatcher
+from etchr_reward.jobs import reward_queue
 from etchr_reward.metrics import RewardMetrics
 from etchr_reward.scoring import Query, QueryKind, RewardScorer
-from etchr_reward.worker import RewardWorker, build_scorer, reward_queue
+from etchr_reward.worker import RewardWorker, build_scorer
 
 logger = logging.getLogger("etchr.reward.api")
 
@@ -145,9 +146,7 @@ async def reward(body: RewardRequest, runtime: RewardRuntime = Depends(get_runti
             group.append(
                 (
                     _query(runtime, "guidance", item, images, body.k),
-                    _query(
-                        runtime, "correctness", item, judged, body.k, correctness_images=judge_images
-                    ),
+                    _query(runtime, "correctness", item, judged, body.k, correctness_images=judge_images),
                 )
             )
         plan.append(group)
@@ -244,18 +243,15 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
         )
         with suppress(Exception):  # Redis may be down at start; reads recreate the group when it returns
             await queue.ensure_group()
-        stop = asyncio.Event()
-        worker_task = None
-        if settings.reward_worker:
-            worker = RewardWorker(queue, scorer, metrics, max_in_flight=settings.reward_max_in_flight)
-            worker_task = asyncio.create_task(worker.run(stop))
+        worker = (
+            RewardWorker(queue, scorer, metrics, max_in_flight=settings.reward_max_in_flight)
+            if settings.reward_worker
+            else None
+        )
         try:
-            yield
+            async with hosted_worker(worker):
+                yield
         finally:
-            stop.set()
-            if worker_task is not None:
-                with suppress(Exception):
-                    await worker_task
             await scorer.mllm.close_pair(scorer.judge)
             await client.aclose()
 

@@ -17,18 +17,11 @@ from redis import exceptions as redis_exceptions
 from etchr.http import ServiceError
 from etchr.protocol.reward import RewardUsage
 from etchr.queue import JobQueue, JobRecord, JobStatus
+from etchr_reward.jobs import ERROR_STATUS, QueryError, lock_key, query_fields
 from etchr_reward.metrics import RewardMetrics
 from etchr_reward.scoring import Query, QueryResult
-from etchr_reward.worker import QueryError, lock_key
 
 logger = logging.getLogger("etchr.reward.dispatch")
-
-ERROR_STATUS = {
-    "mllm_unavailable": 503,
-    "mllm_not_configured": 503,
-    "mllm_rejected": 502,
-    "invalid_query": 400,
-}
 
 
 @dataclass(frozen=True)
@@ -85,11 +78,7 @@ class QueryDispatcher:
                 usage.cache_hits += 1
             elif digest in locked:
                 source = "computed"
-                fields: dict[str, bytes | str] = {
-                    "query": pending.query.model_dump_json(),
-                    "images": str(len(pending.images)),
-                }
-                fields.update({f"image{i}": raw for i, raw in enumerate(pending.images)})
+                fields = query_fields(pending.query, pending.images)
                 jobs.append((digest, fields, {"kind": pending.query.kind}))
             else:  # an identical query is queued or running: join it
                 source = "coalesced"

@@ -25,20 +25,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from etchr.answers import explicit_final_answer, match_answer
+from etchr.answers import explicit_final_answer
 from etchr.imaging import image_mime
 from etchr.mllm import ChatResult, MLLMClient, image_part
-from etchr.prompts import AnswerPrompts
+from etchr.open_answer_judge import OpenAnswerJudge, grade_answer
+from etchr.prompts import OPEN_ANSWER_JUDGE_PROMPT_VERSION, AnswerPrompts
 from etchr.protocol.edit import EditTask
 from etchr.tasks import JudgeImages, TaskRegistry
-from etchr.verdicts import (
-    OPEN_ANSWER_JUDGE_VERSION,
-    READER_VERSION,
-    Verdict,
-    incomplete_reply,
-    judge_open_answer,
-    read_verdict,
-)
+from etchr.verdicts import READER_VERSION, Verdict, incomplete_reply, read_verdict
 
 QueryKind = Literal["guidance", "correctness", "base"]
 
@@ -106,7 +100,11 @@ class RewardScorer:
         self.judge_temperature = judge_temperature
         self.max_tokens = max_tokens
         self.judge_max_tokens = judge_max_tokens
-        self.open_judge = open_judge
+        # The one open-answer fallback (etchr.open_answer_judge), on J with the reward's judge budget; None
+        # when open answers are scored by the rules alone (counted wrong).
+        self.open_answer_judge = (
+            OpenAnswerJudge(judge, judge_max_tokens, JUDGE_SETTING) if open_judge else None
+        )
 
     def _temperature(self, query: Query) -> float:
         if query.temperature is not None:
@@ -115,23 +113,26 @@ class RewardScorer:
 
     def digest(self, query: Query, images: Sequence[bytes]) -> str:
         """Content address of a query: equal digests are the same question to the same model, so one answer
-        serves both (cache and coalescing). Anything that changes the answer is in it — the verdict reader's
-        version and the open-answer judge's prompt included, so results read under old rules never return."""
+        serves both (cache and coalescing). It hashes :meth:`cache_key`."""
+        return hashlib.sha256(json.dumps(self.cache_key(query, images), sort_keys=True).encode()).hexdigest()
+
+    def cache_key(self, query: Query, images: Sequence[bytes]) -> dict[str, Any]:
+        """Everything that changes a query's answer — the verdict reader's version and the open-answer judge's
+        prompt version included, so results read under old rules or asked in old words never return."""
         judged = query.kind == "correctness"
-        open_judged = self.open_judge and not judged
-        key = {
+        open_judged = self.open_answer_judge is not None and not judged
+        return {
             "query": query.model_dump(mode="json"),
             "models": (self.judge if judged else self.mllm).labels,
             "judge": self.judge.labels if open_judged else None,
             "prompt": self.tasks.get(query.task).version if judged else self.prompts.version,
-            "open_judge_prompt": OPEN_ANSWER_JUDGE_VERSION if open_judged else None,
+            "open_judge_prompt": OPEN_ANSWER_JUDGE_PROMPT_VERSION if open_judged else None,
             "reader": READER_VERSION if judged or open_judged else None,
             "temperature": self._temperature(query),
             "max_tokens": self.judge_max_tokens if judged else self.max_tokens,
             "judge_max_tokens": self.judge_max_tokens if open_judged else None,
             "images": [hashlib.sha256(raw).hexdigest() for raw in images],
         }
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     async def run(self, query: Query, images: Sequence[bytes]) -> QueryResult:
         if query.kind == "correctness":
@@ -186,29 +187,12 @@ class RewardScorer:
         )
 
     async def _match_all(self, query: Query, texts: Sequence[str]) -> tuple[list[bool], int, list[Verdict]]:
-        """Rules first, the judge only where they cannot decide (open answers): (correct, judge calls,
-        the judge's verdicts)."""
+        """Rules first, the open-answer judge only where they cannot decide: (correct, judge calls, the
+        judge's verdicts)."""
         assert query.answer is not None
-        positive: list[bool] = []
-        verdicts: list[Verdict] = []
-        requests = 0
-        for text in texts:
-            match = match_answer(text, query.answer, scorer=query.scorer or "auto", meta=query.meta)
-            if match.correct is None and self.open_judge:
-                verdict, made = await judge_open_answer(
-                    self.judge,
-                    question=query.question,
-                    answer_text=text,
-                    expected=query.answer,
-                    max_tokens=self.judge_max_tokens,
-                    setting=JUDGE_SETTING,
-                )
-                requests += made
-                verdicts.append(verdict)
-                positive.append(verdict.reliable)
-            else:
-                positive.append(match.correct is True)
-        return positive, requests, verdicts
+        graded = [await grade_answer(text, query, judge=self.open_answer_judge) for text in texts]
+        verdicts = [grade.verdict for grade in graded if grade.verdict is not None]
+        return [grade.correct for grade in graded], sum(grade.requests for grade in graded), verdicts
 
 
 def _result(

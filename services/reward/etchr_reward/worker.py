@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 
-import redis.asyncio as aioredis
 import redis.exceptions
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from etchr.mllm import MLLMClient, MLLMError, MLLMIncomplete, MLLMNotConfigured, MLLMRejected
 from etchr.prompts import AnswerPrompts
@@ -24,37 +22,15 @@ from etchr.queue import Delivery, JobQueue
 from etchr.redis_client import RedisBackoff, connect_redis
 from etchr.settings import RewardSettings
 from etchr.tasks import TaskRegistry
+from etchr.workers import run_worker_process
+from etchr_reward.jobs import QueryError, QueryErrorType, lock_key, read_query, reward_queue
 from etchr_reward.metrics import RewardMetrics
-from etchr_reward.scoring import Query, RewardScorer
+from etchr_reward.scoring import RewardScorer
 
 logger = logging.getLogger("etchr.reward.worker")
 
-QUEUE_NAME = "reward"
 READ_BLOCK_MS = 200
 RECLAIM_EVERY_S = 1.0
-
-
-class QueryError(BaseModel):
-    """What a failed query stores, so the API can answer with the right status and the backend's name."""
-
-    type: str  # mllm_unavailable | mllm_rejected | mllm_not_configured | invalid_query
-    message: str
-
-
-def reward_queue(client: aioredis.Redis, settings: RewardSettings) -> JobQueue:
-    """The one place the reward stream is named and configured (API and workers must agree)."""
-    return JobQueue(
-        client,
-        f"{settings.redis_prefix}:{QUEUE_NAME}",
-        reclaim_idle_s=settings.queue_reclaim_s,
-        max_deliveries=settings.queue_max_deliveries,
-        result_ttl_s=settings.reward_cache_ttl_s,
-    )
-
-
-def lock_key(queue: JobQueue, digest: str) -> str:
-    """Held by whoever enqueued a query until a worker finishes it: identical queries wait instead."""
-    return f"{queue.name}:lock:{digest}"
 
 
 def build_scorer(settings: RewardSettings) -> RewardScorer:
@@ -125,8 +101,7 @@ class RewardWorker:
 
     async def process(self, delivery: Delivery) -> None:
         try:
-            query = Query.model_validate_json(delivery.fields["query"])
-            images = [delivery.fields[f"image{i}"] for i in range(int(delivery.fields["images"]))]
+            query, images = read_query(delivery)
         except (KeyError, ValueError, ValidationError) as exc:
             await self._fail(delivery, QueryError(type="invalid_query", message=f"malformed query: {exc}"))
             return
@@ -137,7 +112,7 @@ class RewardWorker:
         try:
             result = await self.scorer.run(query, images)
         except MLLMError as exc:
-            kind = (
+            kind: QueryErrorType = (
                 "mllm_not_configured"
                 if isinstance(exc, MLLMNotConfigured)
                 else "mllm_rejected"
@@ -175,12 +150,9 @@ async def serve_worker(settings: RewardSettings) -> None:
     client = connect_redis(settings)
     queue = reward_queue(client, settings)
     scorer = build_scorer(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    worker = RewardWorker(queue, scorer, metrics, max_in_flight=settings.reward_max_in_flight)
     try:
-        await RewardWorker(queue, scorer, metrics, max_in_flight=settings.reward_max_in_flight).run(stop)
+        await run_worker_process(worker, settings)
     finally:
         await scorer.mllm.close_pair(scorer.judge)
         await client.aclose()

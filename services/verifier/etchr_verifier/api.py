@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from etchr.clients.editor import EditorClient
 from etchr.http import ServiceError, error_response, require_api_key
 from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, decode_base64_image
@@ -34,7 +35,6 @@ from etchr.protocol.answer import (
 from etchr.redis_client import connect_redis
 from etchr.settings import VerifierSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
-from etchr_verifier.editor_client import EditorClient
 from etchr_verifier.evr import EVRPipeline
 from etchr_verifier.metrics import VerifierMetrics
 from etchr_verifier.routing import NONE, TaskRouter

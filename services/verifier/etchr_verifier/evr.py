@@ -1,6 +1,6 @@
 """Edit-Verify-Reason: the editor proposes a helper view, the judge verifies it, the MLLM answers.
 
-Modes (SPEC §5): ``evr`` (with fallback to the original image), ``edit`` (no verification), ``direct``.
+Modes (docs/api.md): ``evr`` (with fallback to the original image), ``edit`` (no verification), ``direct``.
 In ``evr`` the direct answer on the original is started concurrently with the edit (speculative fallback),
 so a rejected or failed edit costs no extra wait; when the edit is used, that answer is the baseline.
 MLLM failures propagate (the API turns them into 503/502); editor failures only mean "answer without it".
@@ -25,13 +25,13 @@ from typing import TypeVar
 from PIL import Image
 
 from etchr.answers import explicit_final_answer, extract_final_answer
+from etchr.clients.editor import EditorClient, EditorUnavailable
 from etchr.imaging import encode_png
 from etchr.mllm import MLLMClient, MLLMError, user_message
 from etchr.prompts import AnswerPrompts
 from etchr.protocol.answer import AnswerRequest, AnswerResponse, Verification
 from etchr.tasks import TaskRegistry
 from etchr.verdicts import Cause, incomplete_reply, read_verdict
-from etchr_verifier.editor_client import EditorClient, EditorUnavailable
 from etchr_verifier.metrics import VerifierMetrics
 from etchr_verifier.routing import NONE, TaskRouter
 

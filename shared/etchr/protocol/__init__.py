@@ -2,7 +2,7 @@
 
 Length limits on every free-text field, so no string the caller controls can be larger than what it is
 for (images are bounded by ``ETCHR_MAX_BODY_BYTES`` and the pixel limit instead). Over-long fields are a
-schema violation: 422 with the SPEC §5 error body.
+schema violation: 422 with the error body of docs/api.md.
 """
 
 # A question, or a ground-truth answer: far above any benchmark's, and the editor's text encoder reads

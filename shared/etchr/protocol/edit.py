@@ -57,35 +57,6 @@ class JobStatusResponse(BaseModel):
     error: str | None = None
 
 
-class EditJob(BaseModel):
-    """What the API puts on the stream (the image bytes travel beside it, not base64'd)."""
-
-    id: str
-    task: EditTask
-    prompt: str
-    seeds: list[int]
-    steps: int
-    guidance_scale: float
-    image_size: tuple[int, int] = Field(
-        description="(w, h) of the model-size RGB pixels carried beside the job"
-    )
-    output_size: tuple[int, int] = Field(
-        description="(w, h) results are scaled back to: the input's own size"
-    )
-    enqueued_ms: int
-
-
-class EditResult(BaseModel):
-    """What a worker stores for a finished job."""
-
-    images: list[str]
-    seeds: list[int]
-    model: dict[str, object]
-    started_ms: int
-    infer_ms: float
-    batch_rows: int
-
-
 class OpenAIImage(BaseModel):
     b64_json: str
     revised_prompt: str | None = None

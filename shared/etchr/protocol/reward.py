@@ -1,4 +1,4 @@
-"""Reward service payloads (SPEC §5): ``POST /reward`` for the RL trainer and ``POST /filter`` (Eq. 1)."""
+"""Reward service payloads (docs/api.md): ``POST /reward`` for the RL trainer and ``POST /filter`` (Eq. 1)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,0 @@
-"""Corpus builders and benchmark importers: everything writes SPEC §9 manifests."""

@@ -632,3 +632,31 @@ def test_no_unknown_variable_is_named() -> None:
             known.update(env_names(cls, name))
     unknown = sorted(set(ENV_NAME.findall(doc_text())) - known)
     assert not unknown, f"docs/api.md names variables nothing reads: {unknown}"
+
+
+def _known_variables() -> set[str]:
+    known = set(cli_env_vars())
+    for cls in settings_classes():
+        for name in cls.model_fields:
+            known.update(env_names(cls, name))
+    return known
+
+
+def _operator_files() -> list[Path]:
+    """Every file an operator reads or deploys that may name a variable."""
+    files = [ROOT / "README.md", ROOT / "docker-compose.yml", *sorted((ROOT / "docs").glob("*.md"))]
+    files += sorted((ROOT / "k8s").rglob("*.yaml")) + sorted((ROOT / "docker").glob("*Dockerfile"))
+    return files
+
+
+@pytest.mark.parametrize("path", _operator_files(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_docs_and_manifests_name_only_variables_the_code_reads(path: Path) -> None:
+    """README, the other docs, Compose, the Dockerfiles and the Kubernetes manifests: a stale name there
+    is a setting an operator sets that nothing reads. ``ETCHR_MLLM_*`` stands for a family of names."""
+    known = _known_variables()
+    text = path.read_text()
+    families = set(re.findall(r"(ETCHR_[A-Z0-9_]*[A-Z0-9])_\*", text))
+    unknown = sorted(set(ENV_NAME.findall(text)) - known - families)
+    assert not unknown, f"{path.relative_to(ROOT)} names variables nothing reads: {unknown}"
+    for family in families:
+        assert any(name.startswith(family + "_") for name in known), f"no variable matches {family}_*"

@@ -21,7 +21,7 @@ from etchr_train.rl_data import FilterReport, clause_table, filter_manifest
 from tests.reward.test_filter import sampled
 from tests.support.mllm_server import ScriptedMLLM
 from tests.support.redis_server import RedisServer
-from tests.support.servers import AppLauncher
+from tests.support.servers import AppLauncher, mllm_wiring
 
 QUESTION = "Which exit does the path reach? (A) left (B) right"
 
@@ -88,11 +88,7 @@ def reward_service(redis_server: RedisServer, mllm: ScriptedMLLM, prefix: str) -
         create_reward_app,
         RewardSettings,
         {
-            "redis_url": redis_server.url,
-            "redis_prefix": prefix,
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
+            **mllm_wiring(redis_server.url, prefix, mllm.base_url),
         },
     )
     yield launcher.launch()

@@ -24,7 +24,7 @@ from etchr_reward.api import create_app as create_reward_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import ScriptedMLLM
 from tests.support.redis_server import RedisServer
-from tests.support.servers import AppLauncher, UvicornThread
+from tests.support.servers import AppLauncher, UvicornThread, mllm_wiring
 from tests.verifier.conftest import Script, VerifierFactory
 
 if TYPE_CHECKING:
@@ -107,12 +107,8 @@ def verifier(
         create_verifier_app,
         VerifierSettings,
         {
-            "redis_url": redis_server.url,
-            "redis_prefix": key_prefix,
+            **mllm_wiring(redis_server.url, key_prefix, mllm.base_url),
             "editor_url": editor_url,
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
         },
     )
     yield launcher.launch
@@ -126,11 +122,7 @@ def reward_url(redis_server: RedisServer, mllm: ScriptedMLLM) -> Iterator[str]:
         create_reward_app,
         RewardSettings,
         {
-            "redis_url": redis_server.url,
-            "redis_prefix": "playground-reward",
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
+            **mllm_wiring(redis_server.url, "playground-reward", mllm.base_url),
             "reward_deadline_s": 30,
         },
     )

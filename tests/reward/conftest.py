@@ -19,7 +19,7 @@ from etchr.tasks import JUDGE_REPLY_CONVENTION
 from etchr_reward.api import create_app
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer
-from tests.support.servers import AppLauncher
+from tests.support.servers import AppLauncher, mllm_wiring
 
 RIGHT, WRONG = "The evidence shows it.\n\\boxed{B}", "\\boxed{A}"
 JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
@@ -74,11 +74,7 @@ def reward_service(redis_server: RedisServer, key_prefix: str, mllm: ScriptedMLL
         create_app,
         RewardSettings,
         {
-            "redis_url": redis_server.url,
-            "redis_prefix": key_prefix,
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
+            **mllm_wiring(redis_server.url, key_prefix, mllm.base_url),
             "reward_deadline_s": 30,
         },
     )

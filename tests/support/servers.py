@@ -91,6 +91,18 @@ class EtchrProcess:
         self._log.close()
 
 
+def mllm_wiring(redis_url: str, prefix: str, mllm_url: str) -> dict[str, Any]:
+    """The settings a test service that talks to the test MLLM starts from: its Redis and key prefix, and
+    the one backend, not retried (a scripted failure is seen at once)."""
+    return {
+        "redis_url": redis_url,
+        "redis_prefix": prefix,
+        "mllm_base_url": [mllm_url],
+        "mllm_model": "test-vlm",
+        "mllm_max_retries": 0,
+    }
+
+
 class AppLauncher:
     """Starts differently configured apps of one service over real HTTP; ``stop_all`` ends them.
 

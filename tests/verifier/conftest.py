@@ -14,7 +14,7 @@ from etchr_editor.service import create_app as create_editor_app
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer
-from tests.support.servers import AppLauncher, UvicornThread
+from tests.support.servers import AppLauncher, UvicornThread, mllm_wiring
 
 ROUTE_MARK = "Reply with exactly one word from"
 JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
@@ -90,12 +90,8 @@ def verifier(
         create_verifier_app,
         VerifierSettings,
         {
-            "redis_url": redis_server.url,
-            "redis_prefix": key_prefix,
+            **mllm_wiring(redis_server.url, key_prefix, mllm.base_url),
             "editor_url": editor_url,
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
             "max_image_pixels": 512 * 512,
         },
     )

@@ -17,7 +17,7 @@ from etchr_verifier.api import create_app as create_verifier_app
 from tests.editor.test_api import assert_error, png_b64
 from tests.support.mllm_server import Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer, free_port
-from tests.support.servers import UvicornThread, wait_until
+from tests.support.servers import UvicornThread, mllm_wiring, wait_until
 from tests.verifier.conftest import Script, requests_of
 
 QUESTION = "Which exit does the path from the green start reach? (A) left (B) right"
@@ -37,12 +37,8 @@ def launch(redis_server: RedisServer, key_prefix: str, mllm: ScriptedMLLM) -> It
 
     def start(**overrides: Any) -> str:
         values = {
-            "redis_url": redis_server.url,
-            "redis_prefix": key_prefix,
+            **mllm_wiring(redis_server.url, key_prefix, mllm.base_url),
             "editor_url": f"http://127.0.0.1:{free_port()}",
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
             "max_image_pixels": 512 * 512,
             **overrides,
         }

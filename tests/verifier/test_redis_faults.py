@@ -16,7 +16,7 @@ from etchr_verifier.api import create_app as create_verifier_app
 from tests.support.mllm_server import ScriptedMLLM
 from tests.support.redis_memory import fill_until_oom
 from tests.support.redis_server import RedisServer
-from tests.support.servers import AppLauncher, UvicornThread
+from tests.support.servers import AppLauncher, UvicornThread, mllm_wiring
 from tests.verifier.conftest import requests_of
 
 QUESTION = "Which exit does the path from the green start reach? (A) left (B) right"
@@ -42,12 +42,8 @@ def test_editor_refusing_for_redis_memory_is_a_named_fallback(
         create_verifier_app,
         VerifierSettings,
         {
-            "redis_url": redis_server.url,
-            "redis_prefix": key_prefix,
+            **mllm_wiring(redis_server.url, key_prefix, mllm.base_url),
             "editor_url": full_editor,
-            "mllm_base_url": [mllm.base_url],
-            "mllm_model": "test-vlm",
-            "mllm_max_retries": 0,
         },
     )
     try:

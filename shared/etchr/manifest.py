@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,18 @@ class ManifestRow(BaseModel):
     edited_image: str | None = Field(default=None, description="the target edit I_e*, relative path")
     scorer: str | None = Field(default=None, description="matching rule (docs/answers.md); None = auto")
     meta: dict[str, Any] | None = Field(default=None, description="structured ground truth, re-checkable")
+
+
+def reroot(row: ManifestRow, root: Path, out: Path) -> ManifestRow:
+    """``row`` (read from a manifest in ``root``) with its image paths relative to ``out`` instead: a manifest
+    written there points at the same files, which stay where they are."""
+
+    def rel(path: str | None) -> str | None:
+        if path is None:
+            return None
+        return Path(os.path.relpath((root / path).resolve(), out.resolve())).as_posix()
+
+    return row.model_copy(update={"image": rel(row.image), "edited_image": rel(row.edited_image)})
 
 
 def write_manifest(path: Path, rows: Iterable[ManifestRow]) -> int:

@@ -30,7 +30,7 @@ EXPECTED = {
     "gpu_sft_step.py": [rf"rank \d+ .* 64² .*: {NUMBER} s/step, peak memory"],
     "gpu_rl_step.py": [
         rf"G=8 groups=2 .*: sampling {NUMBER} s, waiting for rewards {NUMBER} s "
-        rf".* update {NUMBER} s, peak memory"
+        rf".* update {NUMBER} s, step {NUMBER} s, peak memory"
     ],
 }
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from etchr.answers import match_answer
 from etchr.manifest import ManifestRow, read_manifest
-from etchr_tools.data.importers import IMPORTERS, import_benchmark
+from etchr_tools.data.importers import BENCHMARKS, IMPORTERS, SFT_SOURCES, import_benchmark
 
 
 def _png(path: Path | None = None, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -461,7 +461,10 @@ def test_viewspatial_errors(tmp_path: Path) -> None:
 
 
 def test_registry_and_unknown_name(tmp_path: Path) -> None:
-    assert set(IMPORTERS) == {"vstar", "hrbench", "chartqa", "charxiv", "charxiv-descriptive", "viewspatial"}
+    benchmarks = {"vstar", "hrbench", "chartqa", "charxiv", "charxiv-descriptive", "viewspatial"}
+    sft_sources = {"vstar-train", "refchartqa", "spatial-ssrl-jigsaw", "dl3dv"}
+    assert (set(BENCHMARKS), set(SFT_SOURCES)) == (benchmarks, sft_sources)
+    assert set(IMPORTERS) == benchmarks | sft_sources
     with pytest.raises(TypeError):
         IMPORTERS["x"] = IMPORTERS["vstar"]  # type: ignore[index]
     with pytest.raises(ValueError, match="unknown benchmark 'mmbench'; known: vstar, hrbench"):

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from etchr.protocol.reward import FilterRequest, RewardRequest
 from etchr.settings import EditorSettings, RewardSettings, VerifierSettings
 from etchr_tools import cli
+from etchr_train.lora import DIT_BLOCK_TARGETS
 from etchr_train.rl import RLConfig
 from etchr_train.rl_data import DEFAULT_K
 from etchr_train.sft import SFTConfig
@@ -55,15 +56,27 @@ def expected_fragments() -> list[str]:
         f"`{default(RewardRequest, 'advantage')}` (request `advantage`",
         f"{filter_k} sampled at {fmt(default(RewardSettings, 'reward_temperature'))} per clause "
         "(request `k`; `etchr train filter --k`)",
+        f"{cli_default(cli.data_mix, 'per_family'):,} per family drawn by `etchr data mix` (`--per-family`",
         f"{cli_default(cli.train_rl, 'group_size')} (`--group-size`)",
         f"{rl_rank} / {fmt(rl_alpha)} (`--rank`, `--alpha`)",
         f"{fmt(cli_default(cli.train_rl, 'clip_range'))} (`--clip-range`)",
         f"{round(fraction * 100)} % (`--timestep-fraction` {fmt(fraction)})",
-        f"{fmt(default(RLConfig, 'guidance_scale'))} (`RLConfig.guidance_scale`",
+        f"{fmt(cli_default(cli.train_rl, 'guidance_scale'))} (`--guidance-scale`)",
+        "one start noise per group, the group's first rollout seed's, and the SDE noise per rollout "
+        "(`--shared-noise`)"
+        if cli_default(cli.train_rl, "shared_noise")
+        else "start noise of its own seed (`--no-shared-noise`)",
+        f"(`--reward-image` = `{cli_default(cli.train_rl, 'reward_image')}`)",
         f"{cli_default(cli.train_rl, 'sample_steps')} steps (`--sample-steps`), "
         f"η {fmt(cli_default(cli.train_rl, 'eta'))} (`--eta`)",
         f"{cli_default(cli.train_sft, 'rank')} (`--rank`), alpha = rank",
-        f"{cli_default(cli.train_sft, 'resolution')}² budget (`--resolution`)",
+        "its 1 MP budget, aspect kept, sides multiples of 16 (`--resolution` unset: "
+        "`ETCHR_EDITOR_MAX_MODEL_PIXELS`)"
+        if cli_default(cli.train_sft, "resolution") is None
+        else f"{cli_default(cli.train_sft, 'resolution')}² budget (`--resolution`)",
+        "every Linear layer of the DiT blocks, feed-forward included (`--targets`)"
+        if default(SFTConfig, "targets") == DIT_BLOCK_TARGETS
+        else "(`--targets`)",
     ]
 
 
@@ -77,6 +90,8 @@ def test_the_layers_agree_where_the_page_gives_one_value() -> None:
     assert default(RLConfig, "k") == cli_default(cli.train_rl, "k") == default(RewardRequest, "k")
     assert default(RLConfig, "reward_alpha") == default(RewardRequest, "alpha")
     for field in ("group_size", "rank", "alpha", "clip_range", "timestep_fraction", "sample_steps", "eta"):
+        assert default(RLConfig, field) == cli_default(cli.train_rl, field), field
+    for field in ("guidance_scale", "reward_image", "shared_noise"):  # rollouts, as the release samples them
         assert default(RLConfig, field) == cli_default(cli.train_rl, field), field
     assert default(SFTConfig, "rank") == cli_default(cli.train_sft, "rank")
     assert default(SFTConfig, "resolution") == cli_default(cli.train_sft, "resolution")

@@ -49,9 +49,8 @@ GREEDY = {
 }
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("filter-set")
+def write_filter_corpus(out: Path) -> Path:
+    """ROWS as a manifest in ``out``: each row's colours tell the scripted MLLM how to answer it."""
     (out / "images").mkdir()
     rows = []
     for index, (row_id, task, alone, with_edit) in enumerate(ROWS):
@@ -72,6 +71,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     write_manifest(out / "manifest.jsonl", rows)
     return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_filter_corpus(tmp_path_factory.mktemp("filter-set"))
 
 
 @pytest.fixture(scope="module")

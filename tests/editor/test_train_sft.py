@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import torch
 from diffusers import Flux2KleinPipeline
+from peft.tuners.lora import LoraLayer
 from PIL import Image
 from safetensors.torch import load_file
 
+from etchr.imaging import fit_model_size
+from etchr.settings import EditorSettings
 from etchr_editor.service import create_app
 from etchr_tools.data.build import build_corpus
 from etchr_train.checkpoints import latest_checkpoint
-from etchr_train.lora import LORA_WEIGHTS, add_lora, load_lora
+from etchr_train.lora import LORA_WEIGHTS, RL_TARGETS, add_lora, load_lora
 from etchr_train.sft import SFTConfig, SFTResult, train_sft
 from tests.editor.test_api import edit_body, editor_settings
 from tests.support.redis_server import RedisServer, free_port
@@ -118,6 +121,62 @@ def test_lora_loads_in_diffusers_with_its_scale(overfit: SFTResult, tiny_editor_
         base_out = base(**inputs)[0]
     torch.testing.assert_close(diffusers_out, trained_out)
     assert (diffusers_out - base_out).abs().max() > 1e-2  # the LoRA is not a no-op
+
+
+BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
+
+
+def linear_layers(transformer: torch.nn.Module) -> set[str]:
+    return {name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def test_default_lora_targets_are_every_linear_layer_of_the_dit_blocks(tiny_editor_dir: Path) -> None:
+    """The paper's "all linear layers in the DiT blocks": every nn.Linear under the double- and single-stream
+    blocks (attention, added-text projections, feed-forwards, the fused single-block projections) gets a
+    LoRA, and none outside them (embedders, modulations, norm_out, proj_out) does."""
+    transformer = Flux2KleinPipeline.from_pretrained(tiny_editor_dir).transformer
+    linears = linear_layers(transformer)
+    inside = {name for name in linears if name.startswith(BLOCKS)}
+    outside = linears - inside
+    # the walk sees both feed-forwards of a double block and the single blocks' fused layers
+    assert {"transformer_blocks.0.ff.linear_in", "transformer_blocks.1.ff_context.linear_out"} <= inside
+    assert {
+        "single_transformer_blocks.1.attn.to_qkv_mlp_proj",
+        "single_transformer_blocks.0.attn.to_out",
+    } <= inside
+    assert {"x_embedder", "context_embedder", "proj_out", "norm_out.linear"} <= outside
+
+    add_lora(transformer, rank=4, alpha=4.0, targets=SFTConfig.model_fields["targets"].default)
+    adapted = {name for name, module in transformer.named_modules() if isinstance(module, LoraLayer)}
+    assert adapted == inside
+    trainable = {name.split(".lora_")[0] for name, p in transformer.named_parameters() if p.requires_grad}
+    assert trainable == inside  # and only the adapters train
+
+    rl = Flux2KleinPipeline.from_pretrained(tiny_editor_dir).transformer
+    add_lora(rl, rank=4, alpha=4.0, targets=RL_TARGETS)  # Stage II keeps its set: no feed-forwards
+    rl_adapted = {name for name, module in rl.named_modules() if isinstance(module, LoraLayer)}
+    assert rl_adapted == {name for name in inside if ".ff." not in name and ".ff_context." not in name}
+
+
+def test_default_resolution_is_the_editors_own_pixel_budget(
+    maze: Path, tiny_editor_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --resolution an image is fitted as the editor serves it: fit_model_size into
+    ETCHR_EDITOR_MAX_MODEL_PIXELS (1 MP unless set; set small here to keep the test fast)."""
+    assert SFTConfig.model_fields["resolution"].default is None
+    unset = config(maze, tiny_editor_dir, tmp_path, resolution=None)
+    assert unset.max_pixels(EditorSettings()) == 1024 * 1024
+
+    monkeypatch.setenv("ETCHR_EDITOR_MAX_MODEL_PIXELS", str(64 * 64))
+    budget = EditorSettings().editor_max_model_pixels
+    result = train_sft(
+        config(maze, tiny_editor_dir, tmp_path / "out", resolution=None, steps=1, save_every=0)
+    )
+    saved = json.loads((result.out / "train_config.json").read_text())
+    assert saved["resolution"] is None and saved["max_pixels"] == budget
+    assert saved["targets"] == list(SFTConfig.model_fields["targets"].default)
+    # the maze images are 80×80: the editor's budget fits them to 64×64, the old 512² default kept 80×80
+    assert fit_model_size(80, 80, max_pixels=budget) == (64, 64) != fit_model_size(80, 80, max_pixels=512**2)
 
 
 def edit_pixels(url: str) -> np.ndarray:

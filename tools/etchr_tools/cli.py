@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -177,17 +177,24 @@ class CorpusKind(StrEnum):
     bbox = "bbox"
 
 
-def _options(pairs: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values parsed as JSON where they are (numbers, lists), else kept as text."""
+def _option_value(value: str, *, split_commas: bool) -> object:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        if split_commas and "," in value:
+            return [_option_value(item.strip(), split_commas=False) for item in value.split(",")]
+        return value
+
+
+def _options(pairs: list[str], *, split_commas: bool = False) -> dict[str, object]:
+    """``key=value`` pairs; values parsed as JSON where they are (numbers, lists), else kept as text; with
+    ``split_commas`` an unparsed ``a,b`` is the list of its items (``baseline=0.05,0.6``)."""
     options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint="--option")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
+        options[key.replace("-", "_")] = _option_value(value, split_commas=split_commas)
     return options
 
 
@@ -208,27 +215,86 @@ def data_build(
         path = build_corpus(kind.value, n=n, out=out, seed=seed, **_options(option or []))
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    typer.echo(_family_summary(path))
     typer.echo(f"wrote {path}")
+
+
+def _family_summary(manifest: Path) -> str:
+    """Rows per task family of a manifest, and how many carry a target edit: what a corpus step ends with."""
+    from collections import Counter
+
+    from etchr.manifest import read_manifest
+
+    rows, edits = Counter[str](), Counter[str]()
+    for row in read_manifest(manifest):
+        rows[row.task] += 1
+        edits[row.task] += row.edited_image is not None
+    lines = [f"{'family':<12}{'rows':>8}{'with edit':>11}"]
+    lines += [f"{task:<12}{rows[task]:>8}{edits[task]:>11}" for task in sorted(rows)]
+    lines.append(f"{'all':<12}{rows.total():>8}{edits.total():>11}")
+    return "\n".join(lines)
 
 
 @data_app.command("import")
 def data_import(
-    benchmark: Annotated[
-        str, typer.Argument(help="vstar, hrbench, chartqa, charxiv, charxiv-descriptive or viewspatial")
+    source_name: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="a benchmark (vstar, hrbench, chartqa, charxiv, charxiv-descriptive, viewspatial) or one "
+            "of the paper's SFT sources (vstar-train, refchartqa, spatial-ssrl-jigsaw, dl3dv)",
+        ),
     ],
-    source: Annotated[Path, typer.Option(help="the benchmark as you downloaded it (file or folder)")],
+    source: Annotated[Path, typer.Option(help="the release as you downloaded it (file or folder)")],
     out: Annotated[Path, typer.Option(help="output directory")],
-    seed: Annotated[int, typer.Option(help="option shuffling seed (V*)")] = 0,
+    seed: Annotated[int, typer.Option(help="option shuffling and pair selection seed")] = 0,
     limit: Annotated[int | None, typer.Option(help="import at most this many rows")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="importer option key=value, a,b for a list (docs/importers.md)"),
+    ] = None,
 ) -> None:
-    """Turn a downloaded public benchmark into a manifest (docs/importers.md)."""
+    """Turn a downloaded benchmark or SFT source into a manifest (docs/importers.md); ends with rows per
+    family."""
     from etchr_tools.data.importers import import_benchmark
 
+    options = _options(option or [], split_commas=True)
     try:
-        path = import_benchmark(benchmark, source, out, seed=seed, limit=limit)
+        path = import_benchmark(source_name, source, out, seed=seed, limit=limit, **options)
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    typer.echo(_family_summary(path))
     typer.echo(f"wrote {path}")
+
+
+@data_app.command("mix")
+def data_mix(
+    manifests: Annotated[list[Path], typer.Argument(help="manifest.jsonl files (or folders) to draw from")],
+    out: Annotated[Path, typer.Option(help="the RL set goes to OUT/manifest.jsonl (+ mix_summary.json)")],
+    per_family: Annotated[int, typer.Option(min=1, help="rows drawn per family (the paper: 2,000)")] = 2000,
+    seed: Annotated[int, typer.Option(help="the same inputs and seed give the same set")] = 0,
+    family: Annotated[
+        list[str] | None, typer.Option(help="draw only these families (repeatable) [default: all present]")
+    ] = None,
+    require_edit: Annotated[
+        bool, typer.Option(help="draw only rows with a target edit (Eq. 1 needs it)")
+    ] = True,
+) -> None:
+    """The RL set: a stratified draw of --per-family rows per task family, then `etchr train filter` (Eq. 1).
+
+    Images stay where they are; the mixed manifest points at them. A family with fewer usable rows gives
+    what it has and is flagged in the summary.
+    """
+    from etchr_tools.data.mix import mix_manifests, mix_table
+
+    try:
+        report = mix_manifests(
+            manifests, out, per_family=per_family, seed=seed, families=family, require_edit=require_edit
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(mix_table(report))
+    typer.echo(f"drew {report.drawn} rows: {report.manifest}")
 
 
 @app.command("eval")
@@ -326,7 +392,14 @@ def train_sft(
     model: Annotated[str, typer.Option(help="base Flux2Klein checkpoint: local dir or hub id")],
     out: Annotated[Path, typer.Option(help="checkpoints, metrics.jsonl and the final LoRA go here")],
     steps: Annotated[int, typer.Option(min=1, help="optimizer steps in all")] = 1000,
-    resolution: Annotated[int, typer.Option(min=64, help="pixel budget resolution² (aspect kept)")] = 512,
+    resolution: Annotated[
+        int | None,
+        typer.Option(
+            min=64,
+            help="pixel budget resolution² (aspect kept, sides multiples of 16)",
+            show_default="the editor's budget: ETCHR_EDITOR_MAX_MODEL_PIXELS, 1 MP",
+        ),
+    ] = None,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 64,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha [default: the rank]")] = None,
     lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-4,
@@ -334,7 +407,11 @@ def train_sft(
     batch_size: Annotated[int, typer.Option(min=1, help="rows per micro-batch and process")] = 1,
     grad_accum: Annotated[int, typer.Option(min=1, help="micro-batches per optimizer step")] = 1,
     targets: Annotated[
-        str | None, typer.Option(help="comma-separated Linear-layer name suffixes (docs/training.md)")
+        str | None,
+        typer.Option(
+            help="comma-separated Linear-layer name suffixes (docs/training.md)",
+            show_default="every Linear layer of the DiT blocks",
+        ),
     ] = None,
     save_every: Annotated[int, typer.Option(min=0, help="checkpoint every N steps (0: at the end)")] = 500,
     resume: Annotated[bool, typer.Option(help="continue from OUT's latest checkpoint")] = False,
@@ -401,6 +478,16 @@ def train_rl(
     prompts_per_step: Annotated[int, typer.Option(min=1, help="groups per step and process")] = 4,
     steps: Annotated[int, typer.Option(min=1, help="RL steps in all")] = 100,
     sample_steps: Annotated[int, typer.Option(min=1, help="denoising steps per rollout")] = 25,
+    guidance_scale: Annotated[
+        float, typer.Option(min=0, help="rollout CFG; ≤ 1 = none, one DiT forward per step (the release)")
+    ] = 1.0,
+    reward_image: Annotated[
+        Literal["x0", "final"],
+        typer.Option(help="what the reward sees: last step x0-prediction (the release) or final sample"),
+    ] = "x0",
+    shared_noise: Annotated[
+        bool, typer.Option(help="one start noise per group (the release); SDE noise is per rollout anyway")
+    ] = True,
     eta: Annotated[float, typer.Option(help="SDE noise level")] = 0.7,
     lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-5,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 64,
@@ -436,6 +523,9 @@ def train_rl(
             prompts_per_step=prompts_per_step,
             steps=steps,
             sample_steps=sample_steps,
+            guidance_scale=guidance_scale,
+            reward_image=reward_image,
+            shared_noise=shared_noise,
             eta=eta,
             lr=lr,
             rank=rank,

@@ -2,7 +2,8 @@
 
 Each row becomes (reference image, prompt, target image) as the editor would see it: decoded by the
 service's decoder (limits, EXIF orientation, alpha on white), the prompt from ``TaskRegistry.editor_prompt``
-and the size from ``to_model_size`` — the serving code; the target is resized to the reference's size. Rows of
+and the size from ``to_model_size`` into the run's pixel budget — the serving code, and by default the
+editor's own budget (``RunOptions.max_pixels``); the target is resized to the reference's size. Rows of
 one micro-batch share a size (one token count). The order is a pure function of (seed, micro-batch index),
 so a resumed run sees exactly the batches an uninterrupted one would, on any number of processes.
 """

@@ -21,10 +21,35 @@ from etchr_editor.model import fuse_loras, load_pipeline
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the file name diffusers writes and looks for
 ADAPTER = "default"
 
-# Attention q/k/v/out of the double blocks, their added-text projections, and the single blocks' fused
-# qkv+MLP input projection and output. Matched as name suffixes against the DiT's Linear layers only, so
-# ``to_out`` names the single blocks' output Linear and not the double blocks' ``to_out`` ModuleList.
-DEFAULT_TARGETS: tuple[str, ...] = (
+# Every nn.Linear inside the DiT blocks, and nothing outside them (embedders, modulations, norm_out,
+# proj_out): the paper's "all linear layers in the DiT blocks", and the set of the authors' release
+# (SFT/ft_klein.sh, which trains it at rank 768). Matched as name suffixes against the DiT's Linear layers
+# only (``resolve_targets``).
+DIT_BLOCK_TARGETS: tuple[str, ...] = (
+    # double-stream blocks (transformer_blocks): image-stream attention, its added-text projections
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",  # the double blocks' ``to_out`` is a ModuleList; its Linear is ``to_out.0``
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    # ... and the feed-forward of each stream (Flux2FeedForward: SwiGLU between linear_in and linear_out)
+    "ff.linear_in",
+    "ff.linear_out",
+    "ff_context.linear_in",
+    "ff_context.linear_out",
+    # single-stream blocks (single_transformer_blocks): the fused qkv + MLP-in projection, the fused output
+    "to_qkv_mlp_proj",
+    "to_out",  # a Linear only in the single blocks
+)
+# The set ``etchr train sft`` trains by default (``--targets`` overrides it).
+DEFAULT_TARGETS: tuple[str, ...] = DIT_BLOCK_TARGETS
+# Stage II's set, as the project trained it before the SFT default grew: the double blocks' attention
+# without their feed-forwards, and both single-block projections. RL runs keep it (a resumed RL checkpoint
+# must match it).
+RL_TARGETS: tuple[str, ...] = (
     "to_q",
     "to_k",
     "to_v",

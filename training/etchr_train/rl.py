@@ -1,7 +1,9 @@
 """Stage II (Reasoning Enhancement): Pref-GRPO of the editor's LoRA through the reward service.
 
 Each step, for ``prompts_per_step`` (image, question) rows, the editor samples G edits with the SDE sampler
-of ``rollouts`` (its log-probabilities recorded), the reward service scores each group with
+of ``rollouts`` (its log-probabilities recorded; by default as the authors' release samples them: guidance
+1.0, so one DiT forward per step, one start noise per group, and the last step's x0-prediction decoded for
+the reward), the reward service scores each group with
 ``advantage="pref-grpo"`` (win rates → advantages, docs/api.md), and the LoRA is updated with the clipped
 policy-gradient objective on a fraction of the recorded timesteps, optionally with a KL term to the
 reference policy (the adapter disabled). Scoring a group overlaps the sampling of the next; a group is
@@ -14,6 +16,7 @@ missing or invented rewards.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -28,11 +31,18 @@ from pydantic import Field
 from etchr.clients.reward import RewardClient, RewardResult, RewardServiceError
 from etchr.imaging import encode_png_base64
 from etchr_editor.sampler import SampleRequest
+from etchr_train.checkpoints import STATE, latest_checkpoint
 from etchr_train.examples import TrainingBatch
-from etchr_train.rollouts import Trajectories, sample_trajectories
+from etchr_train.rollouts import RewardImage, Trajectories, sample_trajectories
 from etchr_train.training_run import RunOptions, TrainingRun
 
+logger = logging.getLogger("etchr.train")
+
 _STRUCTURAL = ("model", "lora", "rank", "alpha", "targets")
+# How rollouts are sampled: not structural (any adapter samples under any of them) and not the data order,
+# so a resume may change them; it is told when it does. A checkpoint written before a key existed was
+# sampled the way the trainer did then: these values.
+_ROLLOUT_KEYS_BEFORE = {"guidance_scale": 3.5, "reward_image": "final", "shared_noise": False}
 
 
 class RewardUnavailable(RuntimeError):
@@ -51,7 +61,13 @@ class RLConfig(RunOptions):
     group_size: int = Field(default=8, ge=2, description="G edits per (image, question)")
     prompts_per_step: int = Field(default=4, ge=1, description="groups per step and process")
     sample_steps: int = Field(default=25, ge=1)
-    guidance_scale: float = Field(default=3.5, ge=0)
+    guidance_scale: float = Field(
+        default=1.0, ge=0, description="rollout CFG; ≤ 1 = no CFG, one DiT forward per step (the release)"
+    )
+    reward_image: RewardImage = Field(
+        default="x0", description="decoded for the reward: the last step's x0-prediction, or the final sample"
+    )
+    shared_noise: bool = Field(default=True, description="one start noise per group (SDE noise per rollout)")
     eta: float = Field(default=0.7, gt=0, description="SDE noise level")
     alpha: float = Field(default=128.0, gt=0, description="LoRA alpha")
     clip_range: float = Field(default=1e-4, gt=0)
@@ -114,9 +130,39 @@ def reward_items(batch: TrainingBatch, rollouts: Trajectories, group_size: int, 
     return items
 
 
+def rollout_changes(saved: dict, config: RLConfig) -> list[str]:
+    """The rollout settings of a checkpoint's ``saved`` configuration that ``config`` changes, as
+    ``key old → new``; a key the checkpoint predates counts with its value from before it existed."""
+    current = config.model_dump(mode="json")
+    changes = []
+    for key, before in _ROLLOUT_KEYS_BEFORE.items():
+        old = saved.get(key, before)
+        if old != current[key]:
+            note = "" if key in saved else " (not recorded: the checkpoint predates it)"
+            changes.append(f"{key} {old!r} → {current[key]!r}{note}")
+    return changes
+
+
+def _warn_on_changed_rollouts(config: RLConfig) -> None:
+    checkpoint = latest_checkpoint(config.out) if config.resume else None
+    if checkpoint is None:
+        return
+    # mmap: only the configuration is read, not the optimizer state (start_run loads that once)
+    saved = torch.load(checkpoint / STATE, map_location="cpu", weights_only=False, mmap=True)["config"]
+    changes = rollout_changes(saved, config)
+    if changes:
+        logger.warning(
+            "resuming %s with changed rollout sampling: %s (pass the checkpoint's values to keep sampling "
+            "as it did: --guidance-scale, --reward-image, --shared-noise/--no-shared-noise)",
+            checkpoint,
+            "; ".join(changes),
+        )
+
+
 def train_rl(config: RLConfig) -> RLResult:
     """Train, checkpoint every ``save_every`` steps and at the end, write ``OUT/pytorch_lora_weights``;
     :class:`RewardUnavailable` when the reward service fails."""
+    _warn_on_changed_rollouts(config)
     run = TrainingRun.open(
         config,
         name="rl",
@@ -174,7 +220,13 @@ def _train_step(
             guidance_scale=config.guidance_scale,
         )
         sampled = time.perf_counter()
-        rollouts = sample_trajectories(sampler, [request], eta=config.eta)
+        rollouts = sample_trajectories(
+            sampler,
+            [request],
+            eta=config.eta,
+            reward_image=config.reward_image,
+            shared_noise=config.shared_noise,
+        )
         sample_s += time.perf_counter() - sampled
         single = TrainingBatch(index=batch.index, examples=[example], images=[image], targets=[])
         items = reward_items(single, rollouts, config.group_size, f"{step}.{rank}.{index}")

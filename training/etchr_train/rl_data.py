@@ -10,14 +10,14 @@ a curator sees whether a family is too easy for U (clause 1) or its edits do not
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
 
 from etchr.clients.reward import RewardClient
-from etchr.manifest import MANIFEST_NAME, ManifestRow, read_manifest, write_manifest
+from etchr.manifest import MANIFEST_NAME, ManifestRow, read_manifest, reroot, write_manifest
 from etchr.protocol.reward import FilterResult
 from etchr.tasks import TASK_IDS
 from etchr_train.examples import manifest_path
@@ -77,13 +77,19 @@ class FilterSummary:
 
 
 def filter_manifest(
-    data: Path, out: Path, client: RewardClient, *, k: int | None = None, greedy: bool = False
+    data: Path,
+    out: Path,
+    client: RewardClient,
+    *,
+    k: int | None = None,
+    greedy: bool = False,
+    progress: bool | None = None,
 ) -> FilterSummary:
     """Write ``out/manifest.jsonl`` with the rows ``/filter`` keeps (image paths re-rooted at ``out``),
     ``out/filter_results.jsonl`` with every row's verdicts and ``out/filter_summary.json``.
 
     Each clause is decided by a majority of ``k`` sampled decodings (default 4), or with ``greedy`` by one
-    decoding at temperature 0 (``k`` then left out or 1).
+    decoding at temperature 0 (``k`` then left out or 1). ``progress``: None shows a bar on a terminal.
     """
     if k is None:
         k = 1 if greedy else DEFAULT_K
@@ -103,7 +109,10 @@ def filter_manifest(
     results_path = out / RESULTS_NAME
     total = ClauseCounts()
     per_family: dict[str, ClauseCounts] = {}
-    with results_path.open("w") as results_file:
+    bar = tqdm(
+        total=len(rows), desc="Eq. 1", unit=" rows", disable=None if progress is None else not progress
+    )
+    with bar, results_path.open("w") as results_file:
         for start in range(0, len(rows), CHUNK_ROWS):
             chunk = rows[start : start + CHUNK_ROWS]
             items = [_filter_item(row, root) for row in chunk]
@@ -114,7 +123,8 @@ def filter_manifest(
                 verdict = RowVerdict(task=row.task, **result.model_dump())
                 results_file.write(verdict.model_dump_json() + "\n")
                 if result.keep:
-                    kept.append(_rerooted(row, root, out))
+                    kept.append(reroot(row, root, out))
+            bar.update(len(chunk))
     write_manifest(target, kept)
     report = FilterReport(
         source=str(source),
@@ -180,12 +190,3 @@ def _b64(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"no such image {path}")
     return base64.b64encode(path.read_bytes()).decode()
-
-
-def _rerooted(row: ManifestRow, root: Path, out: Path) -> ManifestRow:
-    """The same row with its paths relative to ``out`` (the images stay where they are)."""
-
-    def rel(path: str | None) -> str | None:
-        return None if path is None else os.path.relpath((root / path).resolve(), out.resolve())
-
-    return row.model_copy(update={"image": rel(row.image), "edited_image": rel(row.edited_image)})

@@ -8,8 +8,20 @@ same marginals, ``x_{k+1} = μ_k + s_k·ε`` with
 
 (σ_k = 1 at the first step is replaced by σ_1 in the ratio), so each step is a Gaussian policy whose
 log-probability of the recorded ``x_{k+1}`` can be recomputed under an updated DiT. Everything else — the
-conditioning, the CFG velocity, the schedule, the start noise and the decoding — is ``BatchedSampler``'s:
-rollouts are served-editor edits with noise injected, not a second sampler.
+conditioning, the velocity (CFG only where a request's guidance is > 1, as serving does: at 1.0 one DiT
+forward per step), the schedule, the start noise and the decoding — is ``BatchedSampler``'s: rollouts are
+served-editor edits with noise injected, not a second sampler.
+
+Two choices follow the authors' release by default and keep the older behaviour one argument away:
+
+- **What is decoded** (``reward_image``): ``"x0"`` decodes the clean prediction of the last step,
+  ``x̂₀ = x_K − σ_K·v_K`` (rectified flow: ``x_σ = (1 − σ)·x₀ + σ·ε`` and ``v = ε − x₀``; the same
+  ``sample − σ·model_output`` diffusers' ``FlowMatchEulerDiscreteScheduler`` takes as x₀, and what its
+  deterministic last step, to σ = 0, returns). ``"final"`` decodes the last SDE sample, which still carries
+  the last step's injected noise.
+- **Start noise** (``shared_noise``): ``True`` starts every rollout of a request from the start noise of its
+  first seed, so a group's edits differ only by their per-step SDE noise (each rollout's own seed);
+  ``False`` gives each rollout the start noise of its own seed.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import PIL.Image
@@ -25,6 +38,9 @@ import torch
 from etchr_editor.sampler import BatchedSampler, Conditioning, SampleRequest
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+RewardImage = Literal["x0", "final"]
+REWARD_IMAGES: tuple[RewardImage, ...] = ("x0", "final")
 
 
 @dataclass
@@ -75,11 +91,12 @@ class Trajectories:
     cond: Conditioning
     sigmas: torch.Tensor  # (steps + 1,) the schedule, ending at 0
     timesteps: torch.Tensor  # (steps,) what the DiT was given (σ · 1000)
-    latents: torch.Tensor  # (steps, B, N, C) x_k, float32
+    latents: torch.Tensor  # (steps, B, N, C) x_k, float32; latents[0] is the start noise
     next_latents: torch.Tensor  # (steps, B, N, C) x_{k+1}
     log_probs: torch.Tensor  # (steps, B)
-    images: list[PIL.Image.Image]  # the decoded edits, one per row
+    images: list[PIL.Image.Image]  # the decoded edits, one per row (what ``reward_image`` names)
     eta: float
+    reward_image: RewardImage = "x0"
 
     @property
     def steps(self) -> int:
@@ -106,25 +123,33 @@ def sample_trajectories(
     *,
     eta: float,
     transformer: torch.nn.Module | None = None,
+    reward_image: RewardImage = "x0",
+    shared_noise: bool = True,
 ) -> Trajectories:
     """One SDE rollout per (request, seed), all rows in one loop; requests must share ``batch_key``.
 
-    Rollout ``seed`` fixes its start noise (as serving draws it) and its per-step SDE noise, so the same
-    policy and seeds give the same trajectories. Rows are ordered request by request, seed by seed.
+    A rollout's ``seed`` fixes its per-step SDE noise, and its start noise (as serving draws it) unless
+    ``shared_noise``, where every rollout of a request starts from the noise of the request's first seed.
+    The same policy and seeds give the same trajectories. Rows are ordered request by request, seed by seed.
+    ``reward_image`` picks what is decoded into ``images`` (module docstring).
     """
     if not requests:
         raise ValueError("no requests to roll out")
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for a stochastic policy, got {eta}")
+    if reward_image not in REWARD_IMAGES:
+        raise ValueError(f"reward_image must be one of {REWARD_IMAGES}, got {reward_image!r}")
     sampler.validate(requests)
     rows = [(index, seed) for index, request in enumerate(requests) for seed in request.seeds]
     cond = sampler.rows_conditioning(sampler.encode_requests(requests), rows)
     device = sampler.device
     seeds = [seed for _, seed in rows]
-    latents = sampler.initial_latents(seeds, cond.width, cond.height).float()
+    start_seeds = [requests[index].seeds[0] for index, _ in rows] if shared_noise else seeds
+    latents = sampler.initial_latents(start_seeds, cond.width, cond.height).float()
     scheduler, timesteps = sampler.schedule(requests[0].steps, cond.width, cond.height)
     sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
     recorded, following, log_probs = [], [], []
+    decoded = latents
     for k, t in enumerate(timesteps):
         velocity = sampler.velocity(cond, latents, t, transformer=transformer)
         noise = torch.cat([_noise(latents.shape[1:], step_noise_seed(seed, k)) for seed in seeds]).to(device)
@@ -132,8 +157,10 @@ def sample_trajectories(
         recorded.append(latents)
         following.append(step.prev)
         log_probs.append(step.log_prob)
+        if k == len(timesteps) - 1:
+            decoded = latents - sigmas[k] * velocity.float() if reward_image == "x0" else step.prev
         latents = step.prev
-    images = sampler.decode(latents.to(sampler.pipe.transformer.dtype), cond.width, cond.height)
+    images = sampler.decode(decoded.to(sampler.pipe.transformer.dtype), cond.width, cond.height)
     return Trajectories(
         cond=cond,
         sigmas=sigmas,
@@ -143,6 +170,7 @@ def sample_trajectories(
         log_probs=torch.stack(log_probs),
         images=images,
         eta=eta,
+        reward_image=reward_image,
     )
 
 

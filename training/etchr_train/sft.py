@@ -4,8 +4,10 @@ The objective is rectified flow matching on the target's latents: ``x_σ = (1 �
 logit-normally, and the DiT asked for the velocity ``ε − x₀``. Everything the DiT sees is built by the
 editor's own ``BatchedSampler`` — the reference image encoded, bn-normalised and packed, its tokens
 concatenated after the noisy ones with the same position ids, the prompt from the task registry — and the
-velocity comes from ``BatchedSampler.velocity``, the very call serving denoises with. So a LoRA trained here
-is served exactly as it was trained.
+velocity comes from ``BatchedSampler.velocity``, the very call serving denoises with; by default each image
+is fitted into the editor's own pixel budget (``ETCHR_EDITOR_MAX_MODEL_PIXELS``) by the editor's
+``fit_model_size``. So a LoRA trained here is served exactly as it was trained. The adapter covers every
+Linear layer of the DiT blocks (``lora.DEFAULT_TARGETS``).
 
 Runs on one device as it is, or on several under ``accelerate launch`` (data-parallel; each process takes
 every N-th micro-batch of one global, seeded stream).
@@ -30,6 +32,7 @@ from pydantic import Field
 
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 from etchr_train.examples import TrainingBatch
+from etchr_train.lora import DEFAULT_TARGETS
 from etchr_train.training_run import MixedPrecision, RunOptions, TrainingRun, resolve_mixed_precision
 
 __all__ = [
@@ -54,6 +57,12 @@ class SFTConfig(RunOptions):
     steps: int = Field(default=1000, ge=1)
     lr: float = Field(default=1e-4, gt=0)
     save_every: int = Field(default=500, ge=0, description="0 = only at the end")
+    resolution: int | None = Field(
+        default=None,
+        ge=64,
+        description="pixel budget resolution²; None = the editor's own, ETCHR_EDITOR_MAX_MODEL_PIXELS (1 MP)",
+    )
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # every Linear layer of the DiT blocks
     alpha: float | None = Field(default=None, gt=0, description="LoRA alpha; None = rank (scale 1)")
     batch_size: int = Field(default=1, ge=1)
     grad_accum: int = Field(default=1, ge=1)

@@ -23,13 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from etchr.imaging import ImageLimits
-from etchr.settings import CommonSettings
+from etchr.settings import EditorSettings
 from etchr.tasks import TaskRegistry
 from etchr_editor.sampler import BatchedSampler
 from etchr_train.checkpoints import MetricsLog, check_out_dir, save_checkpoint, start_run
 from etchr_train.distributed import end_training
 from etchr_train.examples import TrainingBatch, TrainingExample, load_examples, micro_batches
-from etchr_train.lora import DEFAULT_TARGETS, LORA_WEIGHTS, lora_parameters, save_lora, trainable_pipeline
+from etchr_train.lora import LORA_WEIGHTS, RL_TARGETS, lora_parameters, save_lora, trainable_pipeline
 
 logger = logging.getLogger("etchr.train")
 
@@ -45,7 +45,11 @@ def resolve_mixed_precision(value: MixedPrecision) -> Literal["no", "fp16", "bf1
 
 
 class RunOptions(BaseModel):
-    """The options every trainer has; ``steps``, ``lr`` and ``save_every`` take each trainer's defaults."""
+    """The options every trainer has; ``steps``, ``lr`` and ``save_every`` take each trainer's defaults.
+
+    ``resolution`` and ``targets`` default to Stage II's values here; ``SFTConfig`` sets its own (the editor's
+    pixel budget, every Linear layer of the DiT blocks).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,9 +59,13 @@ class RunOptions(BaseModel):
     steps: int = Field(ge=1)
     lr: float = Field(gt=0)
     save_every: int = Field(ge=0, description="0 = only at the end")
-    resolution: int = Field(default=512, ge=64, description="pixel budget resolution² (aspect kept)")
+    resolution: int | None = Field(
+        default=512,
+        ge=64,
+        description="pixel budget resolution² (aspect kept); None: the editor's budget",
+    )
     rank: int = Field(default=64, ge=1)
-    targets: tuple[str, ...] = DEFAULT_TARGETS
+    targets: tuple[str, ...] = RL_TARGETS
     seed: int = 0
     resume: bool = False
     mixed_precision: MixedPrecision = "auto"
@@ -65,6 +73,11 @@ class RunOptions(BaseModel):
     max_grad_norm: float = Field(default=1.0, ge=0, description="0 = no clipping")
     tasks_file: str | None = None
     progress: bool = True
+
+    def max_pixels(self, settings: EditorSettings) -> int:
+        """The pixel budget images are fitted into (``fit_model_size``, as the editor fits them): resolution²,
+        or with ``resolution`` None the editor's own budget, ``ETCHR_EDITOR_MAX_MODEL_PIXELS`` (1 MP)."""
+        return settings.editor_max_model_pixels if self.resolution is None else self.resolution**2
 
 
 @dataclass
@@ -74,7 +87,8 @@ class TrainingRun:
     options: RunOptions
     run_config: Mapping[str, Any]  # what train_config.json and each checkpoint record
     accelerator: Accelerator
-    settings: CommonSettings
+    settings: EditorSettings
+    max_pixels: int  # the pixel budget every image is fitted into
     examples: list[TrainingExample]
     pipe: Flux2KleinPipeline
     sampler: BatchedSampler
@@ -106,18 +120,20 @@ class TrainingRun:
         ``schedule`` makes the optimizer's learning-rate schedule (stepped once per :meth:`update`).
         ``structural`` keys of ``run_config`` must match a resumed checkpoint's; a changed ``order`` key only
         warns (see ``checkpoints.start_run``). ``fused_loras`` are earlier LoRAs fused into the base first;
-        ``require_target`` refuses rows without an edited image.
+        ``require_target`` refuses rows without an edited image. The pixel budget the run resolves
+        (:meth:`RunOptions.max_pixels`) is recorded in ``run_config`` as ``max_pixels``, an ``order`` key.
         """
         mixed_precision = resolve_mixed_precision(options.mixed_precision)
         # cpu=True on a CPU-only machine lets torchrun/accelerate start gloo data-parallel runs there too.
         accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
         check_out_dir(options.out, resume=options.resume)
 
-        settings = CommonSettings()
+        settings = EditorSettings()  # the editor's: its pixel budget and input limits are the run's
+        max_pixels = options.max_pixels(settings)
+        run_config = {**run_config, "max_pixels": max_pixels}
+        order = (*order, "max_pixels")
         tasks = TaskRegistry.from_file(options.tasks_file or settings.tasks_file)
-        examples = load_examples(
-            options.data, tasks, max_pixels=options.resolution**2, require_target=require_target
-        )
+        examples = load_examples(options.data, tasks, max_pixels=max_pixels, require_target=require_target)
 
         pipe = trainable_pipeline(
             options.model,
@@ -160,6 +176,7 @@ class TrainingRun:
             run_config=run_config,
             accelerator=accelerator,
             settings=settings,
+            max_pixels=max_pixels,
             examples=examples,
             pipe=pipe,
             sampler=sampler,
@@ -204,7 +221,7 @@ class TrainingRun:
             rank=self.rank,
             world_size=self.world,
             limits=ImageLimits.from_settings(self.settings),
-            max_pixels=self.options.resolution**2,
+            max_pixels=self.max_pixels,
         )
 
     def update(self) -> float:

@@ -17,23 +17,35 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import inspect
 import io
 import json
-import os
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from etchr.manifest import MANIFEST_NAME, ManifestRow, write_manifest
-from etchr_tools.data.samples import OPTION_LETTERS, with_options
+from etchr.manifest import ManifestRow
+from etchr_tools.data import box_sources, view_sources
+from etchr_tools.data.importing import (
+    find_file,
+    limited,
+    load_json,
+    multiple_choice,
+    need_file,
+    parquet_records,
+    rel_path,
+    source_meta,
+    text_field,
+    write_rows,
+)
+from etchr_tools.data.samples import OPTION_LETTERS
 
-__all__ = ["IMPORTERS", "import_benchmark"]
+__all__ = ["BENCHMARKS", "IMPORTERS", "SFT_SOURCES", "import_benchmark"]
 
 # "(A) white" options inside V*'s released question text; an option ends at the next label or line end.
 _PAREN_OPTION = re.compile(r"\(([A-H])\)\s*(.*?)\s*(?=\([A-H]\)|\n|$)", re.DOTALL)
@@ -45,73 +57,6 @@ _IMAGE_REF_MAX = 64  # TSVs of this family store a repeated image as the index o
 _CHARXIV_CATEGORIES: Mapping[int, str] = MappingProxyType(
     {1: "text-in-chart", 2: "text-in-general", 3: "number-in-chart", 4: "number-in-general"}
 )
-
-Rows = list[ManifestRow]
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def _rel(path: Path, out: Path) -> str:
-    """The manifest's image field: ``path`` relative to the manifest's folder, with forward slashes."""
-    return Path(os.path.relpath(path.resolve(), out.resolve())).as_posix()
-
-
-def _need_file(path: Path, expected: str) -> Path:
-    if not path.is_file():
-        raise ValueError(f"{path}: not found; expected {expected}")
-    return path
-
-
-def _find(source: Path, names: Iterable[str], expected: str) -> Path:
-    """``source`` itself when it is a file, else the first of ``names`` (relative paths) found under it."""
-    if source.is_file():
-        return source
-    if not source.is_dir():
-        raise ValueError(f"{source}: not found; expected {expected}")
-    names = list(names)
-    for name in names:
-        if (source / name).is_file():
-            return source / name
-    raise ValueError(f"{source}: none of {', '.join(names)} found; expected {expected}")
-
-
-def _load_json(path: Path, expected: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable JSON ({exc}); expected {expected}") from None
-
-
-def _text(record: Mapping[str, Any], key: str, where: str) -> str:
-    """A required non-empty field as text (numbers allowed: some answers are stored as numbers)."""
-    value = record.get(key) if isinstance(record, Mapping) else None
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]  # some ChartQA copies store the label as a one-element list
-    if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value).strip():
-        raise ValueError(f"{where}: missing or empty field {key!r} (a string)")
-    return str(value).strip()
-
-
-def _multiple_choice(stem: str, options: list[str]) -> tuple[str, dict[str, str]]:
-    """The question with ``(A) …`` lines appended, and ``meta.choices``."""
-    choices = {OPTION_LETTERS[i]: option for i, option in enumerate(options)}
-    return with_options(stem.strip(), choices), choices
-
-
-def _source(benchmark: str, key: str, value: Any, category: Any) -> dict[str, Any]:
-    return {"benchmark": benchmark, key: value, "category": category}
-
-
-def _limited(rows: Iterable[ManifestRow], limit: int | None) -> Rows:
-    return list(islice(rows, limit)) if limit is not None else list(rows)
-
-
-def _write(out: Path, rows: Rows) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / MANIFEST_NAME
-    write_manifest(path, rows)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- V*Bench
@@ -128,27 +73,27 @@ def _vstar_rows(questions: Path, out: Path, seed: int) -> Iterable[ManifestRow]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: not JSON ({exc}); expected {expected}") from None
-            text = _text(record, "text", where)
+            text = text_field(record, "text", where)
             found = list(_PAREN_OPTION.finditer(text))
             letters = "".join(match.group(1) for match in found)
             if len(found) < 2 or letters != OPTION_LETTERS[: len(found)]:
                 raise ValueError(f"{where}: field 'text' has no '(A) … (B) …' options; expected {expected}")
             options = [match.group(2) for match in found]
-            label = _text(record, "label", where).strip("() .").upper()
+            label = text_field(record, "label", where).strip("() .").upper()
             if label not in letters:
                 raise ValueError(f"{where}: label {label!r} is not one of the options {', '.join(letters)}")
-            image = questions.parent / _text(record, "image", where)
-            _need_file(image, f"the image named by {where}")
+            image = questions.parent / text_field(record, "image", where)
+            need_file(image, f"the image named by {where}")
             index = record.get("question_id", number - 1)
             # The released files list the right option first; a fixed per-question shuffle (independent of
             # `limit` and row order) keeps position bias from inflating scores, reproducibly per seed.
             order = list(range(len(options)))
             random.Random(f"vstar:{seed}:{index}").shuffle(order)
-            question, choices = _multiple_choice(text[: found[0].start()], [options[i] for i in order])
+            question, choices = multiple_choice(text[: found[0].start()], [options[i] for i in order])
             yield ManifestRow(
                 id=f"vstar-{index}",
                 task="perception",
-                image=_rel(image, out),
+                image=rel_path(image, out),
                 question=question,
                 answer=OPTION_LETTERS[order.index(letters.index(label))],
                 scorer="option",
@@ -157,15 +102,15 @@ def _vstar_rows(questions: Path, out: Path, seed: int) -> Iterable[ManifestRow]:
                     "original_choices": dict(zip(letters, options, strict=True)),
                     "original_answer": label,
                     "shuffle_seed": seed,
-                    "source": _source("vstar", "index", index, record.get("category")),
+                    "source": source_meta("vstar", "index", index, record.get("category")),
                 },
             )
 
 
 def import_vstar(source: Path, out: Path, *, seed: int = 0, limit: int | None = None) -> Path:
     """V*Bench: ``test_questions.jsonl`` with images in per-category folders beside it."""
-    questions = _find(Path(source), ["test_questions.jsonl"], "V*Bench's test_questions.jsonl")
-    return _write(out, _limited(_vstar_rows(questions, Path(out), seed), limit))
+    questions = find_file(Path(source), ["test_questions.jsonl"], "V*Bench's test_questions.jsonl")
+    return write_rows(out, limited(_vstar_rows(questions, Path(out), seed), limit))
 
 
 # ---------------------------------------------------------------------------------------------- HR-Bench
@@ -188,21 +133,10 @@ def _hrbench_records(table: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) of a TSV or Parquet release, streamed (the 8K images run to gigabytes)."""
     expected = "index, question, A, B, C, D, answer, category, cycle_category, image (base64)"
     if table.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError(
-                f"{table}: reading Parquet needs pyarrow (pip install 'etchr-services[import]')"
-            ) from None
-        parquet = pq.ParquetFile(table)
-        missing = [column for column in _HRBENCH_COLUMNS if column not in parquet.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{table}: missing column(s) {', '.join(missing)}; expected {expected}")
-        number = 0
-        for batch in parquet.iter_batches(batch_size=16):
-            for record in batch.to_pylist():
-                yield f"{table}[{number}]", {k: _as_text(v) for k, v in record.items()}
-                number += 1
+        for number, record in parquet_records(
+            table, _HRBENCH_COLUMNS, expected, optional=None, batch_size=16
+        ):
+            yield f"{table}[{number}]", {k: _as_text(v) for k, v in record.items()}
         return
     previous = csv.field_size_limit(_TSV_FIELD_LIMIT)
     try:
@@ -230,17 +164,17 @@ def _hrbench_rows(table: Path, out: Path) -> Iterable[ManifestRow]:
     images_dir = out / "images" / "hrbench"
     saved: dict[str, Path] = {}
     for where, record in _hrbench_records(table):
-        index = _text(record, "index", where)
+        index = text_field(record, "index", where)
         options = []
         for letter in OPTION_LETTERS:
             value = (record.get(letter) or "").strip()
             if not value:
                 break
             options.append(value)
-        answer = _text(record, "answer", where).strip("() .").upper()
+        answer = text_field(record, "answer", where).strip("() .").upper()
         if answer not in OPTION_LETTERS[: len(options)]:
             raise ValueError(f"{where}: answer {answer!r} is not one of the options A-D")
-        data = _text(record, "image", where)
+        data = text_field(record, "image", where)
         if len(data) <= _IMAGE_REF_MAX and data in saved:
             path = saved[data]  # a repeated image, stored as the index of its first row
         else:
@@ -249,13 +183,13 @@ def _hrbench_rows(table: Path, out: Path) -> Iterable[ManifestRow]:
             path = images_dir / f"{table.stem}_{index}.{ext}"
             path.write_bytes(raw)
         saved[index] = path
-        question, choices = _multiple_choice(_text(record, "question", where), options)
-        source = _source("hrbench", "index", index, record.get("category"))
+        question, choices = multiple_choice(text_field(record, "question", where), options)
+        source = source_meta("hrbench", "index", index, record.get("category"))
         source |= {"cycle_category": record.get("cycle_category"), "file": table.stem}
         yield ManifestRow(
             id=f"hrbench-{table.stem}-{index}",
             task="perception",
-            image=_rel(path, out),
+            image=rel_path(path, out),
             question=question,
             answer=answer,
             scorer="option",
@@ -291,7 +225,7 @@ def import_hrbench(source: Path, out: Path, *, seed: int = 0, limit: int | None 
         for table in tables:
             yield from _hrbench_rows(table, out)
 
-    return _write(out, _limited(rows(), limit))
+    return write_rows(out, limited(rows(), limit))
 
 
 # ----------------------------------------------------------------------------------------------- ChartQA
@@ -300,22 +234,22 @@ def import_hrbench(source: Path, out: Path, *, seed: int = 0, limit: int | None 
 def _chartqa_rows(files: list[Path], out: Path) -> Iterable[ManifestRow]:
     expected = 'a JSON list of {"imgname", "query", "label"}'
     for path in files:
-        records = _load_json(path, expected)
+        records = load_json(path, expected)
         if not isinstance(records, list):
             raise ValueError(f"{path}: not a JSON list; expected {expected}")
         category = path.stem.split("_", 1)[-1]  # test_human.json -> "human", test_augmented -> "augmented"
         for i, record in enumerate(records):
             where = f"{path}[{i}]"
-            image = path.parent / "png" / _text(record, "imgname", where)
-            _need_file(image, f"the chart named by {where} (ChartQA keeps them in png/ beside the JSON)")
+            image = path.parent / "png" / text_field(record, "imgname", where)
+            need_file(image, f"the chart named by {where} (ChartQA keeps them in png/ beside the JSON)")
             yield ManifestRow(
                 id=f"chartqa-{path.stem}-{i}",
                 task="chart",
-                image=_rel(image, out),
-                question=_text(record, "query", where),
-                answer=_text(record, "label", where),
+                image=rel_path(image, out),
+                question=text_field(record, "query", where),
+                answer=text_field(record, "label", where),
                 scorer="auto",  # numbers within 5 % (ChartQA's relaxed accuracy), text normalized-exact
-                meta={"source": _source("chartqa", "index", i, category)},
+                meta={"source": source_meta("chartqa", "index", i, category)},
             )
 
 
@@ -330,7 +264,7 @@ def import_chartqa(source: Path, out: Path, *, seed: int = 0, limit: int | None 
         if folder is None:
             raise ValueError(f"{source}: no test_human.json / test_augmented.json found (in it or test/)")
         files = [folder / name for name in names if (folder / name).is_file()]
-    return _write(out, _limited(_chartqa_rows(files, Path(out)), limit))
+    return write_rows(out, limited(_chartqa_rows(files, Path(out)), limit))
 
 
 # ----------------------------------------------------------------------------------------------- CharXiv
@@ -342,7 +276,7 @@ def _charxiv_records(
     """(key, record, where, figure id, figure) of a reasoning or descriptive file. ``answers`` is the file's
     answer field; ``other`` = (a field only the other file has, what to say then). The test split is refused
     (its answers are not public)."""
-    records = _load_json(questions, expected)
+    records = load_json(questions, expected)
     if not isinstance(records, dict):
         raise ValueError(f"{questions}: not a JSON object; expected {expected}")
     for key, record in records.items():
@@ -353,8 +287,8 @@ def _charxiv_records(
             raise ValueError(
                 f"{where}: no {answers!r} (CharXiv's test answers are not public; use the val split)"
             )
-        figure = _text(record, "figure_id", where)
-        image = _need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}")
+        figure = text_field(record, "figure_id", where)
+        image = need_file(images / f"{figure}.jpg", f"CharXiv figure {figure}.jpg for {where}")
         yield key, record, where, figure, image
 
 
@@ -366,14 +300,14 @@ def _charxiv_rows(questions: Path, images: Path, out: Path) -> Iterable[Manifest
         meta = {
             "figure_id": record.get("figure_id"),
             "qa_source": record.get("qa_source"),
-            "source": _source("charxiv", "id", key, _CHARXIV_CATEGORIES.get(category, category)),
+            "source": source_meta("charxiv", "id", key, _CHARXIV_CATEGORIES.get(category, category)),
         }
         yield ManifestRow(
             id=f"charxiv-{questions.stem}-{key}",
             task="chart",
-            image=_rel(image, out),
-            question=_text(record, "query", where),
-            answer=_text(record, "answer", where),
+            image=rel_path(image, out),
+            question=text_field(record, "query", where),
+            answer=text_field(record, "answer", where),
             scorer="auto",
             meta=meta,
         )
@@ -393,12 +327,12 @@ def _import_charxiv(
 ) -> Path:
     """Either CharXiv file: ``name`` in the folder or its ``data/``; the release keeps figures in ``images/``
     beside ``data/``, and users may also put them next to the JSON."""
-    questions = _find(source, (name, f"data/{name}"), f"CharXiv's {name}")
+    questions = find_file(source, (name, f"data/{name}"), f"CharXiv's {name}")
     candidates = [questions.parent / "images", questions.parent.parent / "images", source / "images"]
     images = next((d for d in candidates if d.is_dir()), None)
     if images is None:
         raise ValueError(f"{questions.parent}: no images/ folder found; expected CharXiv's <figure_id>.jpg")
-    return _write(out, _limited(rows(questions, images, out), limit))
+    return write_rows(out, limited(rows(questions, images, out), limit))
 
 
 # CharXiv's descriptive questions come from 19 templates (the file stores only template ids), asked about one
@@ -530,9 +464,9 @@ def _charxiv_descriptive_rows(questions: Path, images: Path, out: Path) -> Itera
             yield ManifestRow(
                 id=f"charxiv-descriptive-{figure}-{i}",
                 task="chart",
-                image=_rel(image, out),
+                image=rel_path(image, out),
                 question=wording.format(where=subject, x_tick=_X_TICK, y_tick=_Y_TICK),
-                answer=_text({"answer": answer}, "answer", f"{where} answer {i}"),
+                answer=text_field({"answer": answer}, "answer", f"{where} answer {i}"),
                 scorer="judge" if qid in _CHARXIV_JUDGED else "auto",
                 meta={
                     "figure_id": record.get("figure_id"),
@@ -540,7 +474,7 @@ def _charxiv_descriptive_rows(questions: Path, images: Path, out: Path) -> Itera
                     "subplot_loc": record.get("subplot_loc"),
                     "rel_tol": 0,  # descriptive answers are graded on exact values (ticks, counts)
                     # the official response key, so results can be graded by the benchmark's own scripts
-                    "source": _source("charxiv", "id", f"{figure}_{i}", category),
+                    "source": source_meta("charxiv", "id", f"{figure}_{i}", category),
                 },
             )
 
@@ -593,7 +527,7 @@ def _viewspatial_image(path: str, roots: list[Path], where: str) -> Path:
 
 def _viewspatial_rows(questions: Path, source: Path, out: Path) -> Iterable[ManifestRow]:
     expected = 'a JSON list of {"question_type", "image_path", "question", "answer", "choices"}'
-    records = _load_json(questions, expected)
+    records = load_json(questions, expected)
     if not isinstance(records, list):
         raise ValueError(f"{questions}: not a JSON list; expected {expected}")
     roots = list(dict.fromkeys([questions.parent, source, questions.parent.parent]))
@@ -602,16 +536,16 @@ def _viewspatial_rows(questions: Path, source: Path, out: Path) -> Iterable[Mani
         if not isinstance(record, dict):
             raise ValueError(f"{where}: not an object; expected {expected}")
         options = _viewspatial_options(record.get("choices"), where)
-        answer = _viewspatial_answer(_text(record, "answer", where), options, where)
+        answer = _viewspatial_answer(text_field(record, "answer", where), options, where)
         paths = record.get("image_path")
         paths = [paths] if isinstance(paths, str) else paths
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
             raise ValueError(f"{where}: field 'image_path' must be a path or a non-empty list of paths")
-        images = [_rel(_viewspatial_image(p, roots, where), out) for p in paths]
-        question, choices = _multiple_choice(_text(record, "question", where), options)
+        images = [rel_path(_viewspatial_image(p, roots, where), out) for p in paths]
+        question, choices = multiple_choice(text_field(record, "question", where), options)
         meta: dict[str, Any] = {
             "choices": choices,
-            "source": _source("viewspatial", "index", i, record.get("question_type")),
+            "source": source_meta("viewspatial", "index", i, record.get("question_type")),
         }
         if len(images) > 1:
             meta["images"] = images  # kept should a question list several; the verifier takes one: the first
@@ -629,14 +563,14 @@ def _viewspatial_rows(questions: Path, source: Path, out: Path) -> Iterable[Mani
 def import_viewspatial(source: Path, out: Path, *, seed: int = 0, limit: int | None = None) -> Path:
     """ViewSpatial-Bench: ``ViewSpatial-Bench.json`` with the unzipped ``scannetv2_val/`` and ``val2017/``."""
     source = Path(source)
-    questions = _find(source, ["ViewSpatial-Bench.json"], "ViewSpatial-Bench.json")
+    questions = find_file(source, ["ViewSpatial-Bench.json"], "ViewSpatial-Bench.json")
     root = source if source.is_dir() else questions.parent
-    return _write(out, _limited(_viewspatial_rows(questions, root, Path(out)), limit))
+    return write_rows(out, limited(_viewspatial_rows(questions, root, Path(out)), limit))
 
 
 # ------------------------------------------------------------------------------------------------ public
 
-IMPORTERS: Mapping[str, Callable[..., Path]] = MappingProxyType(
+BENCHMARKS: Mapping[str, Callable[..., Path]] = MappingProxyType(
     {
         "vstar": import_vstar,
         "hrbench": import_hrbench,
@@ -646,17 +580,34 @@ IMPORTERS: Mapping[str, Callable[..., Path]] = MappingProxyType(
         "viewspatial": import_viewspatial,
     }
 )
+# The paper's Stage I sources: each row's ``edited_image`` is the target the editor learns to produce.
+SFT_SOURCES: Mapping[str, Callable[..., Path]] = MappingProxyType(
+    {**box_sources.IMPORTERS, **view_sources.IMPORTERS}
+)
+IMPORTERS: Mapping[str, Callable[..., Path]] = MappingProxyType({**BENCHMARKS, **SFT_SOURCES})
 
 
-def import_benchmark(name: str, source: Path, out: Path, *, seed: int = 0, limit: int | None = None) -> Path:
-    """Import benchmark ``name`` from the user's downloaded ``source`` into ``out/manifest.jsonl``.
+def import_benchmark(
+    name: str, source: Path, out: Path, *, seed: int = 0, limit: int | None = None, **options: Any
+) -> Path:
+    """Import benchmark or SFT source ``name`` from the downloaded ``source`` into ``out/manifest.jsonl``.
 
-    ``seed`` fixes V*'s option shuffle (the other formats keep their released order); ``limit`` keeps the
-    first rows, for smoke runs. Returns the manifest's path.
+    ``seed`` fixes V*'s option shuffle and DL3DV's pair draw (the other formats keep their released order);
+    ``limit`` keeps the first rows, for smoke runs; ``options`` are the importer's own keyword options
+    (docs/importers.md), refused by name when it has no such option. Returns the manifest's path.
     """
     importer = IMPORTERS.get(name.strip().lower())
     if importer is None:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(IMPORTERS)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    return importer(Path(source), Path(out), seed=seed, limit=limit)
+    own = [
+        parameter
+        for parameter, spec in inspect.signature(importer).parameters.items()
+        if spec.kind is inspect.Parameter.KEYWORD_ONLY and parameter not in ("seed", "limit")
+    ]
+    unknown = sorted(set(options) - set(own))
+    if unknown:
+        offered = f"its options: {', '.join(own)}" if own else "it takes none"
+        raise ValueError(f"{name} has no option {', '.join(unknown)}; {offered}")
+    return importer(Path(source), Path(out), seed=seed, limit=limit, **options)

@@ -134,8 +134,31 @@ def assemble(tiles: Sequence[Image.Image], rows: int, cols: int) -> Image.Image:
     return image
 
 
-def _format(permutation: Sequence[int]) -> str:
+def format_permutation(permutation: Sequence[int]) -> str:
+    """The answer as the family writes it: ``"[2, 0, 3, 1]"``."""
     return "[" + ", ".join(str(v) for v in permutation) + "]"
+
+
+def question_stem(rows: int, cols: int) -> str:
+    """What the family asks about a shuffled ``rows`` x ``cols`` grid (the importers ask it too)."""
+    count = rows * cols
+    return (
+        f"The image is a {rows}x{cols} jigsaw whose {count} tiles are shuffled; the tiles are numbered 0 to "
+        f"{count - 1} in reading order (left to right, top to bottom) as displayed. For each position of the "
+        "restored picture, in reading order, which displayed tile belongs there?"
+    )
+
+
+def open_question(rows: int, cols: int) -> str:
+    """The open form: the stem and how to write the permutation."""
+    example = format_permutation(range(rows * cols))
+    return f"{question_stem(rows, cols)} Answer with the list of tile numbers, e.g. {example}."
+
+
+def restore(image: Image.Image, rows: int, cols: int, permutation: Sequence[int]) -> Image.Image:
+    """The displayed tiles moved back: restored position ``p`` shows displayed tile ``permutation[p]``."""
+    displayed = tiles_of(image, rows, cols)
+    return assemble([displayed[d] for d in permutation], rows, cols)
 
 
 def generate(rng: random.Random, index: int, options: JigsawOptions) -> Sample:
@@ -157,18 +180,14 @@ def generate(rng: random.Random, index: int, options: JigsawOptions) -> Sample:
     image = assemble(displayed, rows, cols)
     edited = assemble([displayed[d] for d in permutation], rows, cols)
     meta = {"rows": rows, "cols": cols, "permutation": permutation}
-    stem = (
-        f"The image is a {rows}x{cols} jigsaw whose {count} tiles are shuffled; the tiles are numbered 0 to "
-        f"{count - 1} in reading order (left to right, top to bottom) as displayed. For each position of the "
-        "restored picture, in reading order, which displayed tile belongs there?"
-    )
+    stem = question_stem(rows, cols)
     if pick_form(rng, options.question_form) == "open" or math.factorial(count) < 5:
-        question = f"{stem} Answer with the list of tile numbers, e.g. {_format(range(count))}."
-        return Sample("jigsaw", question, _format(permutation), "jigsaw", meta, image, edited)
+        answer = format_permutation(permutation)
+        return Sample("jigsaw", open_question(rows, cols), answer, "jigsaw", meta, image, edited)
     wrong: list[str] = []
     while len(wrong) < 3:
-        candidate = _format(rng.sample(range(count), count))
-        if candidate != _format(permutation) and candidate not in wrong:
+        candidate = format_permutation(rng.sample(range(count), count))
+        if candidate != format_permutation(permutation) and candidate not in wrong:
             wrong.append(candidate)
-    question, letter = mc_question(rng, stem, _format(permutation), wrong)
+    question, letter = mc_question(rng, stem, format_permutation(permutation), wrong)
     return Sample("jigsaw", question, letter, "option", meta, image, edited)

@@ -9,6 +9,12 @@ concurrency C, in one run:
     hits); and with k = 4 against a backend that honours ``n`` (one request per query) vs one that ignores it.
 
     python bench/reward_throughput.py --latency 0.1 --concurrency 16,64
+    python bench/reward_throughput.py --size 512 --latency 0.5 --concurrency 16,64 --no-k4
+
+``--size`` is the side of every image, sent as a trainer sends its edits: PNG (photo-like content, ~0.4 MB at
+512²). Edits differ in a PNG text chunk (their bytes and digests differ, so nothing is cached) rather than in
+their pixels, so building thousands of them costs no PNG encoding here. The plain client sends those same
+bytes as data URLs, one request per query, as a hand-rolled trainer would.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import io
+import struct
 import sys
 import time
+import zlib
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import numpy as np
 import openai
 from local_stack import service_stack
 from PIL import Image
@@ -33,10 +43,28 @@ from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 QUESTION = "Which exit does the path reach? (A) left (B) right"
 
 
-def png(seed: int) -> str:
+SIZE = 32  # --size
+
+
+@functools.cache
+def base_png(size: int) -> bytes:
+    """A photo-like PNG (smooth colour fields plus sensor-like noise): what a 512² edit weighs."""
+    rng = np.random.default_rng(size)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(
+        (size, size), Image.Resampling.BICUBIC
+    )
+    noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-6, 7, (size, size, 3))
     buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (seed % 256, (seed // 256) % 256, 77)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png(seed: int) -> str:
+    """Base64 of a distinct ``SIZE``² PNG: the base image with a text chunk naming ``seed`` before IEND."""
+    raw = base_png(SIZE)
+    text = b"seed\0" + str(seed).encode()
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    return base64.b64encode(raw[:-12] + chunk + raw[-12:]).decode()
 
 
 def respond(request: RecordedRequest) -> Reply:
@@ -59,6 +87,7 @@ async def plain_qps(mllm_url: str, concurrency: int, total: int) -> float:
     client = openai.AsyncOpenAI(base_url=mllm_url, api_key="-", max_retries=0)
     limit = asyncio.Semaphore(concurrency)
     original = png(1)
+    edits = [png(i) for i in range(total)]  # the trainer's bytes, built before the clock starts
 
     async def one(i: int) -> None:
         async with limit:
@@ -69,7 +98,7 @@ async def plain_qps(mllm_url: str, concurrency: int, total: int) -> float:
                         "role": "user",
                         "content": [
                             {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{original}"}},
-                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png(i)}"}},
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{edits[i]}"}},
                             {"type": "text", "text": QUESTION},
                         ],
                     }
@@ -116,7 +145,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", default="16,64")
     parser.add_argument("--seconds", type=float, default=4.0, help="ideal duration of each measurement")
+    parser.add_argument("--size", type=int, default=32, help="side of every image (PNG), e.g. 512")
+    parser.add_argument("--no-k4", dest="k4", action="store_false", help="skip the k = 4 measurements")
     args = parser.parse_args()
+    global SIZE
+    SIZE = args.size
 
     rows = []
     with (
@@ -127,17 +160,29 @@ def main() -> None:
             ideal = concurrency / args.latency
             total = max(64, int(ideal * args.seconds) // 16 * 16)
             plain = asyncio.run(plain_qps(mllm.base_url, concurrency, total))
+            mllm.reset()  # the test MLLM records every request, data URLs included: keep memory flat
+            k4 = k4_single = None
             with reward_service(mllm.base_url, concurrency) as url:
                 asyncio.run(served(url, items(64, offset=10**6), k=1))  # warm-up
                 batch = items(total, offset=0)
                 fresh = asyncio.run(served(url, batch, k=1))
                 cached = asyncio.run(served(url, batch, k=1))
-                k4 = asyncio.run(served(url, items(total, offset=2 * 10**6), k=4))
-            with reward_service(single.base_url, concurrency) as url:
-                k4_single = asyncio.run(served(url, items(total, offset=3 * 10**6), k=4))
+                del batch
+                mllm.reset()
+                if args.k4:
+                    k4 = asyncio.run(served(url, items(total, offset=2 * 10**6), k=4))
+                    mllm.reset()
+            if args.k4:
+                with reward_service(single.base_url, concurrency) as url:
+                    k4_single = asyncio.run(served(url, items(total, offset=3 * 10**6), k=4))
+                    single.reset()
             rows.append((concurrency, ideal, plain, fresh, cached, k4, k4_single))
 
-    print(f"test MLLM latency {args.latency:g} s; reward client → /reward → Redis → worker; 2-core machine")
+    image_kb = len(base64.b64decode(png(0))) / 1024
+    print(
+        f"test MLLM latency {args.latency:g} s; images {args.size}² PNG ({image_kb:.0f} KB); "
+        "reward client → /reward → Redis → worker; 2-core machine"
+    )
     for concurrency, ideal, plain, fresh, cached, k4, k4_single in rows:
         print(f"\nC = {concurrency}: ideal {ideal:.0f} req/s")
         print(
@@ -151,10 +196,13 @@ def main() -> None:
             f"  {'/reward, all cache hits':<38}{cached[0]:8.1f} queries/s "
             f"({cached[3]} hits, {cached[2]} requests)"
         )
-        for label, (qps, rps, requests, _) in (
+        for label, k4_row in (
             ("/reward k=4, backend honours n", k4),
             ("/reward k=4, backend ignores n", k4_single),
         ):
+            if k4_row is None:
+                continue
+            qps, rps, requests, _ = k4_row
             print(f"  {label:<38}{qps:8.1f} queries/s {rps:8.1f} req/s ({requests} requests)")
 
 

@@ -12,6 +12,7 @@ import binascii
 import io
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,11 +23,13 @@ __all__ = [
     "ALLOWED_FORMATS",
     "ImageError",
     "ImageLimits",
+    "MLLMImage",
     "decode_base64_image",
     "decode_image_bytes",
     "encode_png",
     "encode_png_base64",
     "fit_model_size",
+    "prepare_input",
     "restore_size",
     "to_model_size",
 ]
@@ -190,6 +193,54 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# ------------------------------------------------------------------------------------ onward to an MLLM
+
+_EXIF_ORIENTATION = 0x0112
+_PASSTHROUGH_MODES = frozenset({"RGB", "L"})
+
+
+@dataclass(frozen=True)
+class MLLMImage:
+    """An image as it travels onward (to the MLLM, to the editor): encoded bytes and their media type. Its
+    base64 and data URL are built once, however many calls send it."""
+
+    data: bytes
+    mime: str
+
+    @cached_property
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+    @cached_property
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{self.base64}"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MLLMImage:
+        """PNG/JPEG/WebP bytes as they are (the media type from their magic number)."""
+        return cls(data, image_mime(data))
+
+
+def prepare_input(raw: bytes, limits: ImageLimits) -> tuple[Image.Image, MLLMImage]:
+    """Decode a client's image (every check of :func:`decode_image_bytes`) and choose what travels onward.
+
+    A PNG, JPEG or WebP that a viewer shows as stored (no EXIF rotation, plain RGB or grey, no alpha) goes
+    on as the bytes the client sent: a 450 KB JPEG stays a 450 KB JPEG instead of a ~2 MB PNG, and no CPU is
+    spent re-encoding it. Anything else goes on as a PNG of what the model sees (upright, alpha on white), so
+    the MLLM and the editor see the same picture either way.
+    """
+    image = decode_image_bytes(raw, limits)
+    with Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS) as opened:  # the header only: cheap
+        as_stored = (
+            opened.mode in _PASSTHROUGH_MODES
+            and "transparency" not in opened.info
+            and opened.getexif().get(_EXIF_ORIENTATION, 1) == 1
+        )
+    if as_stored:
+        return image, MLLMImage.from_bytes(raw)
+    return image, MLLMImage(encode_png(image), "image/png")
+
+
 # --------------------------------------------------------------------------------------------- encoding
 
 
@@ -294,3 +345,18 @@ def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
         return image.copy()
     shrinking = size[0] * size[1] < image.width * image.height
     return image.resize(size, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
+
+
+def encode_image_base64(image: Image.Image, output_format: str = "png", *, quality: int | None = None) -> str:
+    """Bare base64 of ``image`` as ``png`` (:func:`encode_png`), ``jpeg`` or ``webp`` (OpenAI's
+    ``output_format`` names); ``quality`` 0-100 for the lossy two (OpenAI's ``output_compression``;
+    None: 90)."""
+    if output_format == "png":
+        return encode_png_base64(image)
+    if output_format not in ("jpeg", "webp"):
+        raise ValueError(f"output_format must be png, jpeg or webp, got {output_format!r}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=output_format.upper(), quality=90 if quality is None else quality)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import openai
 from PIL import Image
 
-from etchr.imaging import encode_png
+from etchr.imaging import MLLMImage, encode_png
 from etchr.settings import MLLMSettings
 
 __all__ = [
@@ -111,6 +111,9 @@ class ChatResult:
     # Per decoding: the backend stopped it at max_tokens (finish_reason "length"); callers decide whether
     # what was said before the cut still carries a verdict or an answer.
     truncated: list[bool] = field(default_factory=list)
+    # Completion tokens the backends reported (``usage.completion_tokens``) over the requests that answered;
+    # 0 when a backend reports no usage.
+    completion_tokens: int = 0
 
     def was_truncated(self, index: int) -> bool:
         return index < len(self.truncated) and self.truncated[index]
@@ -119,15 +122,19 @@ class ChatResult:
 # ---------------------------------------------------------------------------------------------- messages
 
 
-def image_part(image: Image.Image | bytes, mime: str = "image/png") -> dict[str, Any]:
-    """A chat content part carrying ``image`` as a data URL (PIL images are encoded as PNG)."""
-    if isinstance(image, Image.Image):
-        image, mime = encode_png(image), "image/png"
-    url = f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
+def image_part(image: MLLMImage | Image.Image | bytes, mime: str = "image/png") -> dict[str, Any]:
+    """A chat content part carrying ``image`` as a data URL: an :class:`MLLMImage` as it is (its URL built
+    once, reused by every call), PIL images encoded as PNG, bytes labelled ``mime``."""
+    if isinstance(image, MLLMImage):
+        url = image.data_url
+    else:
+        if isinstance(image, Image.Image):
+            image, mime = encode_png(image), "image/png"
+        url = f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def user_message(text: str, images: Sequence[Image.Image | bytes] = ()) -> dict[str, Any]:
+def user_message(text: str, images: Sequence[MLLMImage | Image.Image | bytes] = ()) -> dict[str, Any]:
     """A user message: the images first, then the text (the order VLMs are trained on)."""
     content = [image_part(image) for image in images]
     content.append({"type": "text", "text": text})
@@ -175,6 +182,12 @@ def _usable(choices: Sequence[Any], limit: int) -> list[_Decoding]:
             content = ""
         usable.append(_Decoding(cap_reply(content, limit), truncated))
     return usable
+
+
+def _completion_tokens(completion: Any) -> int:
+    """``usage.completion_tokens`` of a chat completion, 0 when the backend reports none."""
+    tokens = getattr(getattr(completion, "usage", None), "completion_tokens", None)
+    return tokens if isinstance(tokens, int) else 0
 
 
 def _attempts(request: Any) -> int:
@@ -314,17 +327,24 @@ class MLLMClient:
         texts: list[str] = []
         truncated: list[bool] = []
         answered: list[str] = []
-        requests = 0
+        requests = tokens = 0
         while len(texts) < n:
             wanted = n - len(texts)
-            got, backend, made = await self._complete(messages, temperature, max_tokens, wanted, extra)
+            got, backend, made, spent = await self._complete(messages, temperature, max_tokens, wanted, extra)
             for decoding in got[:wanted]:
                 texts.append(decoding.text)
                 truncated.append(decoding.truncated)
             requests += made
+            tokens += spent
             if backend.label not in answered:
                 answered.append(backend.label)
-        return ChatResult(texts=texts, backend=", ".join(answered), requests=requests, truncated=truncated)
+        return ChatResult(
+            texts=texts,
+            backend=", ".join(answered),
+            requests=requests,
+            truncated=truncated,
+            completion_tokens=tokens,
+        )
 
     async def ping(self) -> str | None:
         """``None`` when at least one backend answers ``GET /models``, else why none did (for /readyz)."""
@@ -361,9 +381,9 @@ class MLLMClient:
         max_tokens: int | None,
         n: int,
         extra: dict[str, Any],
-    ) -> tuple[list[_Decoding], Backend, int]:
+    ) -> tuple[list[_Decoding], Backend, int, int]:
         """One completion request, failed over across backends: (usable decodings, who answered, HTTP
-        requests made).
+        requests made, completion tokens of the reply used).
 
         A backend answering 200 with no usable choice (none at all, or only null/empty/blank content) is
         asked again up to ``max_retries`` times after a short backoff — the openai client only retries on
@@ -386,7 +406,8 @@ class MLLMClient:
                             model=backend.model, messages=messages, temperature=temperature, n=n, **options
                         )
                     made += raw.retries_taken + 1
-                    choices = raw.parse().choices or []
+                    parsed = raw.parse()
+                    choices = parsed.choices or []
                     decodings = _usable(choices, self._max_reply_chars)
                 except openai.APIStatusError as err:
                     made += _attempts(err.response.request)
@@ -403,7 +424,7 @@ class MLLMClient:
                 else:
                     if decodings:
                         self._down_until.pop(index, None)
-                        return decodings, backend, made
+                        return decodings, backend, made, _completion_tokens(parsed)
                     failure = (
                         "answered with empty content (null, empty or blank message.content)"
                         if choices

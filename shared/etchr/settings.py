@@ -136,6 +136,10 @@ class VerifierSettings(MLLMSettings):
     verifier_edit_timeout_s: float = Field(default=120.0, gt=0)
     # In evr mode, answer from the original image while the edit is made, so a rejected edit costs no wait.
     verifier_speculative: bool = True
+    # In evr mode, reason with the edit while the judge reads it: a yes costs one MLLM round trip after the
+    # edit instead of two; a no cancels that call (or throws its reply away if it already came). False keeps
+    # the strict order (judge first, U only after a yes): for backends whose capacity is scarcer than latency.
+    verifier_speculative_reasoning: bool = True
     # Reasoning replies (the authors' release: 4096) and judge replies (a thinking judge reasons before its
     # verdict; a cut reply with no verdict counts as not reliable). Also the routing call's budget.
     verifier_max_tokens: int = Field(default=4096, ge=1)

@@ -35,6 +35,7 @@ from etchr.protocol.edit import (
     JobStatusResponse,
     OpenAIImage,
     OpenAIImagesResponse,
+    OutputFormat,
 )
 from etchr.queue import JobQueue, JobRecord, JobStatus, QueueFull
 from etchr.redis_client import connect_redis
@@ -91,6 +92,8 @@ async def submit(
     steps: int | None,
     guidance_scale: float | None,
     output_size: tuple[int, int] | None = None,
+    output_format: OutputFormat = "png",
+    output_compression: int | None = None,
 ) -> EditJob:
     """Validate against the service limits, scale into the model budget, enqueue; 4xx for bad input."""
     settings = runtime.settings
@@ -122,6 +125,8 @@ async def submit(
         image_size=model_image.size,
         output_size=output_size or image.size,
         enqueued_ms=_now_ms(),
+        output_format=output_format,
+        output_compression=output_compression,
     )
     try:
         await runtime.queue.enqueue(
@@ -215,6 +220,8 @@ class OpenAIEditForm(BaseModel):
     size: str | None = Field(default=None, max_length=MAX_KEYWORD_CHARS)
     response_format: str | None = Field(default=None, max_length=MAX_KEYWORD_CHARS)
     model: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    output_format: OutputFormat = "png"
+    output_compression: int | None = Field(default=None, ge=0, le=100)
 
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -270,6 +277,8 @@ async def openai_images_edit(
         steps=None,
         guidance_scale=None,
         output_size=_openai_size(params.size),
+        output_format=params.output_format,
+        output_compression=params.output_compression,
     )
     result = await await_result(runtime, job)
     return OpenAIImagesResponse(

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from etchr.protocol.edit import EditTask
+from etchr.protocol.edit import EditTask, OutputFormat
 from etchr.queue import Delivery, JobQueue
 from etchr.settings import EditorSettings
 
@@ -38,6 +38,9 @@ class EditJob(BaseModel):
         description="(w, h) results are scaled back to: the input's own size"
     )
     enqueued_ms: int
+    # Defaults keep jobs enqueued by a front that predates output formats decodable (rolling upgrades).
+    output_format: OutputFormat = "png"
+    output_compression: int | None = None
 
 
 class EditResult(BaseModel):

@@ -20,7 +20,7 @@ import redis.exceptions
 from PIL import Image
 
 from etchr.http import create_app, redis_readiness
-from etchr.imaging import encode_png_base64, fit_model_size, restore_size
+from etchr.imaging import encode_image_base64, fit_model_size, restore_size
 from etchr.queue import Delivery, JobQueue
 from etchr.redis_client import RedisBackoff, connect_redis
 from etchr.settings import EditorSettings
@@ -245,7 +245,7 @@ class EditorWorker:
         self.metrics.batch_rows.observe(rows)
         model_info = {**self.editor.info, "steps": group[0].job.steps}
         for work, images in zip(group, outputs, strict=True):
-            encoded = await asyncio.to_thread(_encode_all, images, work.job.output_size)
+            encoded = await asyncio.to_thread(_encode_all, images, work.job)
             result = EditResult(
                 images=encoded,
                 seeds=work.job.seeds,
@@ -262,8 +262,14 @@ class EditorWorker:
             self.metrics.jobs.labels("done").inc()
 
 
-def _encode_all(images: Sequence[Image.Image], size: tuple[int, int]) -> list[str]:
-    return [encode_png_base64(restore_size(image, size)) for image in images]
+def _encode_all(images: Sequence[Image.Image], job: EditJob) -> list[str]:
+    """Each image back at the job's output size, encoded as the client asked (PNG by default)."""
+    return [
+        encode_image_base64(
+            restore_size(image, job.output_size), job.output_format, quality=job.output_compression
+        )
+        for image in images
+    ]
 
 
 async def serve_worker(settings: EditorSettings) -> None:

@@ -8,6 +8,7 @@ digest's lock enqueues it, everyone else waits for the same record.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,9 @@ from redis import exceptions as redis_exceptions
 from etchr.http import ServiceError
 from etchr.protocol.reward import RewardUsage
 from etchr.queue import JobQueue, JobRecord, JobStatus
-from etchr_reward.jobs import ERROR_STATUS, QueryError, lock_key, query_fields
+from etchr_reward.jobs import ERROR_STATUS, ImageStore, QueryError, lock_key, query_fields
 from etchr_reward.metrics import RewardMetrics
-from etchr_reward.scoring import Query, QueryResult
+from etchr_reward.scoring import Query, QueryImage, QueryResult
 
 logger = logging.getLogger("etchr.reward.dispatch")
 
@@ -28,7 +29,7 @@ logger = logging.getLogger("etchr.reward.dispatch")
 class PendingQuery:
     digest: str
     query: Query
-    images: tuple[bytes, ...]
+    images: tuple[QueryImage, ...]
 
 
 @dataclass
@@ -38,10 +39,13 @@ class Resolution:
 
 
 class QueryDispatcher:
-    def __init__(self, queue: JobQueue, metrics: RewardMetrics, *, deadline_s: float) -> None:
+    def __init__(
+        self, queue: JobQueue, metrics: RewardMetrics, *, deadline_s: float, images: ImageStore | None = None
+    ) -> None:
         self.queue = queue
         self.metrics = metrics
         self.deadline_s = deadline_s
+        self.images = images or ImageStore(queue, ttl_s=int(deadline_s) + 60)
 
     async def resolve(self, queries: Sequence[PendingQuery]) -> Resolution:
         """Every query's result, or a ServiceError (503/502/504) — never a partial or invented score."""
@@ -72,28 +76,39 @@ class QueryDispatcher:
             await self._release(locked)
             raise refused
         jobs = []
+        owner = secrets.token_hex(8)  # this request's images: stored once, however many queries show them
+        shown: list[QueryImage] = []
         for (digest, pending), status in zip(unique.items(), statuses, strict=True):
             if status == JobStatus.DONE.value.encode():
                 source = "cache"
                 usage.cache_hits += 1
             elif digest in locked:
                 source = "computed"
-                fields = query_fields(pending.query, pending.images)
+                fields = query_fields(pending.query, owner, pending.images)
                 jobs.append((digest, fields, {"kind": pending.query.kind}))
+                shown.extend(pending.images)
             else:  # an identical query is queued or running: join it
                 source = "coalesced"
                 usage.coalesced += 1
             self.metrics.queries.labels(pending.query.kind, source).inc()
+        image_keys: list[str] = []
         try:
+            if shown:  # before the entries that name them, so a worker never reads an entry ahead of them
+                async with redis.pipeline(transaction=False) as pipe:
+                    image_keys = self.images.put(pipe, owner, shown)
+                    await pipe.execute()
             await self.queue.enqueue_many(jobs)
         except redis_exceptions.RedisError:
             await self._release(locked)
+            await self._drop_images(image_keys)
             raise
         computed = locked
         waiting = set(unique)
 
         records = await self.queue.wait_many(waiting, max(0.0, deadline - time.monotonic()))
         missing = waiting - records.keys()
+        if not missing:  # every query of ours is answered: its images are needed no more (else: the TTL)
+            await self._drop_images(image_keys)
         if missing:
             raise ServiceError(
                 504,
@@ -120,6 +135,12 @@ class QueryDispatcher:
             await self.queue.redis.delete(*(lock_key(self.queue, digest) for digest in locked))
         except redis_exceptions.RedisError as exc:
             logger.warning("could not release %d query locks: %s", len(locked), exc)
+
+    async def _drop_images(self, keys: list[str]) -> None:
+        try:
+            await self.images.drop(keys)
+        except redis_exceptions.RedisError as exc:  # they expire with their TTL anyway
+            logger.warning("could not delete %d query images: %s", len(keys), exc)
 
     @staticmethod
     def _result(record: JobRecord) -> QueryResult:

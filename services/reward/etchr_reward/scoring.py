@@ -21,12 +21,13 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from etchr.answers import explicit_final_answer
-from etchr.imaging import image_mime
+from etchr.imaging import MLLMImage
 from etchr.mllm import ChatResult, MLLMClient, image_part
 from etchr.open_answer_judge import OpenAnswerJudge, grade_answer
 from etchr.prompts import OPEN_ANSWER_JUDGE_PROMPT_VERSION, AnswerPrompts
@@ -40,8 +41,30 @@ ANSWER_SETTING = "ETCHR_REWARD_MAX_TOKENS"
 JUDGE_SETTING = "ETCHR_REWARD_JUDGE_MAX_TOKENS"
 
 
+@dataclass(frozen=True)
+class QueryImage:
+    """One image of a query, prepared once per request and shared by every query that shows it: the bytes the
+    client sent (their data URL built once, however many queries and decodings send it) and their SHA-256,
+    by which queries name it (in their digest and on the stream)."""
+
+    image: MLLMImage
+    digest: str
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> QueryImage:
+        return cls(MLLMImage.from_bytes(raw), hashlib.sha256(raw).hexdigest())
+
+    @property
+    def data(self) -> bytes:
+        return self.image.data
+
+
+def as_query_image(image: QueryImage | bytes) -> QueryImage:
+    return image if isinstance(image, QueryImage) else QueryImage.from_bytes(image)
+
+
 class Query(BaseModel):
-    """The stream payload of one query (its images travel beside it as binary fields image0, image1)."""
+    """The stream payload of one query (its images travel by digest: ``etchr_reward.jobs``)."""
 
     kind: QueryKind
     task: EditTask
@@ -70,9 +93,9 @@ class QueryResult(BaseModel):
     truncated: int = Field(default=0, description="decodings cut at max_tokens that still gave their answer")
 
 
-def _message(text: str, images: Sequence[bytes]) -> dict[str, Any]:
-    """Images first (as their own media type, no re-encoding), then the text."""
-    parts = [image_part(raw, image_mime(raw)) for raw in images]
+def _message(text: str, images: Sequence[QueryImage | bytes]) -> dict[str, Any]:
+    """Images first (as their own media type, no re-encoding; each data URL built once), then the text."""
+    parts = [image_part(as_query_image(image).image) for image in images]
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
 
@@ -111,12 +134,12 @@ class RewardScorer:
             return query.temperature
         return self.judge_temperature if query.kind == "correctness" else self.temperature
 
-    def digest(self, query: Query, images: Sequence[bytes]) -> str:
+    def digest(self, query: Query, images: Sequence[QueryImage | bytes]) -> str:
         """Content address of a query: equal digests are the same question to the same model, so one answer
         serves both (cache and coalescing). It hashes :meth:`cache_key`."""
         return hashlib.sha256(json.dumps(self.cache_key(query, images), sort_keys=True).encode()).hexdigest()
 
-    def cache_key(self, query: Query, images: Sequence[bytes]) -> dict[str, Any]:
+    def cache_key(self, query: Query, images: Sequence[QueryImage | bytes]) -> dict[str, Any]:
         """Everything that changes a query's answer — the verdict reader's version and the open-answer judge's
         prompt version included, so results read under old rules or asked in old words never return."""
         judged = query.kind == "correctness"
@@ -131,10 +154,13 @@ class RewardScorer:
             "temperature": self._temperature(query),
             "max_tokens": self.judge_max_tokens if judged else self.max_tokens,
             "judge_max_tokens": self.judge_max_tokens if open_judged else None,
-            "images": [hashlib.sha256(raw).hexdigest() for raw in images],
+            "images": [
+                image.digest if isinstance(image, QueryImage) else hashlib.sha256(image).hexdigest()
+                for image in images
+            ],
         }
 
-    async def run(self, query: Query, images: Sequence[bytes]) -> QueryResult:
+    async def run(self, query: Query, images: Sequence[QueryImage | bytes]) -> QueryResult:
         if query.kind == "correctness":
             return await self._correctness(query, images)
         if query.kind == "guidance":
@@ -156,7 +182,7 @@ class RewardScorer:
         positive, extra, verdicts = await self._match_all(query, result.texts)
         return _result(result, positive, result.requests + extra, verdicts, truncated=len(cut))
 
-    async def _correctness(self, query: Query, images: Sequence[bytes]) -> QueryResult:
+    async def _correctness(self, query: Query, images: Sequence[QueryImage | bytes]) -> QueryResult:
         """K judge votes on the edit; only a clear yes is positive."""
         wanted = 2 if query.correctness_images == "both" else 1
         if len(images) != wanted:

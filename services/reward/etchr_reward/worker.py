@@ -23,9 +23,17 @@ from etchr.redis_client import RedisBackoff, connect_redis
 from etchr.settings import RewardSettings
 from etchr.tasks import TaskRegistry
 from etchr.workers import run_worker_process
-from etchr_reward.jobs import QueryError, QueryErrorType, lock_key, read_query, reward_queue
+from etchr_reward.jobs import (
+    ImagesGone,
+    ImageStore,
+    QueryError,
+    QueryErrorType,
+    lock_key,
+    read_query,
+    reward_queue,
+)
 from etchr_reward.metrics import RewardMetrics
-from etchr_reward.scoring import RewardScorer
+from etchr_reward.scoring import QueryImage, RewardScorer
 
 logger = logging.getLogger("etchr.reward.worker")
 
@@ -57,8 +65,10 @@ class RewardWorker:
         *,
         max_in_flight: int,
         consumer: str | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.queue = queue
+        self.images = images or ImageStore(queue, ttl_s=1)  # reads only: the front sets the TTL
         self.scorer = scorer
         self.metrics = metrics
         self.max_in_flight = max_in_flight
@@ -101,12 +111,19 @@ class RewardWorker:
 
     async def process(self, delivery: Delivery) -> None:
         try:
-            query, images = read_query(delivery)
+            query, owner, refs = read_query(delivery)
+            legacy = [QueryImage.from_bytes(raw) for raw in refs if isinstance(raw, bytes)]
         except (KeyError, ValueError, ValidationError) as exc:
             await self._fail(delivery, QueryError(type="invalid_query", message=f"malformed query: {exc}"))
             return
         if not await self.queue.mark_running(delivery, self.consumer):
             await self.queue.ack(delivery)
+            return
+        try:
+            digests = [ref for ref in refs if isinstance(ref, str)]
+            images = legacy or await self.images.get(owner, digests)
+        except ImagesGone as exc:
+            await self._fail(delivery, QueryError(type="redis_unavailable", message=str(exc)))
             return
         started = time.perf_counter()
         try:

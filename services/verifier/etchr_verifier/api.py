@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from etchr.clients.editor import EditorClient
 from etchr.http import ServiceError, error_response, require_api_key
 from etchr.http import create_app as create_service_app
-from etchr.imaging import ImageLimits, decode_base64_image
+from etchr.imaging import ImageLimits, MLLMImage, decode_base64_bytes, prepare_input
 from etchr.mllm import MLLMClient, MLLMNotConfigured, MLLMRejected, MLLMUnavailable
 from etchr.prompts import AnswerPrompts
 from etchr.protocol.answer import (
@@ -56,6 +56,11 @@ def _request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
 
 
+def _input_image(data: str, limits: ImageLimits) -> MLLMImage:
+    """The client's image, checked, as it travels on: its own bytes when they can (docs/api.md)."""
+    return prepare_input(decode_base64_bytes(data, limits), limits)[1]
+
+
 async def run_evr(request: Request, body: AnswerRequest, pipeline: EVRPipeline) -> AnswerResponse:
     """The whole answer under ``ETCHR_VERIFIER_DEADLINE_S``: past it, 504, and the MLLM and editor calls still
     in flight are cancelled (a hanging MLLM would otherwise hold the request for every retry's timeout)."""
@@ -63,10 +68,8 @@ async def run_evr(request: Request, body: AnswerRequest, pipeline: EVRPipeline) 
     deadline = asyncio.timeout(settings.verifier_deadline_s)
     try:
         async with deadline:
-            image = await run_in_threadpool(
-                decode_base64_image, body.image, ImageLimits.from_settings(settings)
-            )
-            return await pipeline.answer(body, image, request_id=_request_id(request))
+            original = await run_in_threadpool(_input_image, body.image, ImageLimits.from_settings(settings))
+            return await pipeline.answer(body, original, request_id=_request_id(request))
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -275,6 +278,7 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
             prompts=prompts,
             metrics=metrics,
             speculative=settings.verifier_speculative,
+            speculative_reasoning=settings.verifier_speculative_reasoning,
             max_tokens=settings.verifier_max_tokens,
             judge_max_tokens=settings.verifier_judge_max_tokens,
             temperature=settings.verifier_temperature,

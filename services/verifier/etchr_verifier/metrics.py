@@ -1,5 +1,5 @@
-"""Verifier metrics: calls per stage, verdicts (and how they were read), truncated replies, fallback rates,
-routing decisions, stage latency."""
+"""Verifier metrics: calls per stage, speculative calls (used, cancelled, thrown away) and their extra tokens,
+verdicts (and how they were read), truncated replies, fallback rates, routing decisions, stage latency."""
 
 from __future__ import annotations
 
@@ -14,6 +14,20 @@ class VerifierMetrics(ServiceMetrics):
         self.mllm_calls = Counter(
             "etchr_verifier_mllm_calls_total",
             "MLLM requests by stage (route, verify, reason_edit, reason_direct)",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.speculative_calls = Counter(
+            "etchr_verifier_speculative_calls_total",
+            "Speculative MLLM calls (reason_direct while the edit is made, reason_edit while the judge reads "
+            "it) by outcome: used, cancelled (stopped before its reply came), discarded (its reply came and "
+            "was thrown away), failed (an error no answer needed); their sum is the calls made",
+            ["stage", "outcome"],
+            registry=self.registry,
+        )
+        self.speculative_extra_tokens = Counter(
+            "etchr_verifier_speculative_extra_tokens_total",
+            "Completion tokens of speculative replies that came back and were thrown away (discarded)",
             ["stage"],
             registry=self.registry,
         )

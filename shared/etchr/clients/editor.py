@@ -7,6 +7,7 @@ import binascii
 
 import httpx
 
+from etchr.imaging import image_mime
 from etchr.protocol.edit import EditResponse, EditTask
 from etchr.protocol.errors import error_detail
 
@@ -64,7 +65,9 @@ class EditorClient:
             raise EditorUnavailable(f"editor answered {response.status_code}: {message}", kind)
         try:
             result = EditResponse.model_validate_json(response.content)
-            return base64.b64decode(result.images[0], validate=True)
+            edited = base64.b64decode(result.images[0], validate=True)
+            image_mime(edited)  # PNG, JPEG or WebP, or the edit is unusable
+            return edited
         except (ValueError, IndexError, binascii.Error) as exc:
             raise EditorUnavailable(f"editor sent an unusable response: {exc}", "editor_error") from None
 

@@ -10,6 +10,7 @@ from etchr.protocol import EXAMPLE_IMAGE, EXAMPLE_QUESTION, MAX_TEXT_CHARS
 
 EditTask = Literal["perception", "chart", "logic", "jigsaw", "3d"]
 JobState = Literal["queued", "running", "done", "failed"]
+OutputFormat = Literal["png", "jpeg", "webp"]
 
 MAX_SEED = 2**63 - 1
 
@@ -28,6 +29,15 @@ class EditRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 64)
     steps: int | None = Field(default=None, ge=1, le=500)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    output_format: OutputFormat = Field(
+        default="png", description="how the edited images are encoded, as OpenAI's images API names them"
+    )
+    output_compression: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="jpeg/webp quality 0-100 (OpenAI's output_compression; unset: 90); ignored for png",
+    )
 
 
 class EditTimings(BaseModel):
@@ -40,7 +50,9 @@ class EditResponse(BaseModel):
     id: str
     task: EditTask
     prompt: str = Field(description="the exact text fed to the editor: meta-prompt + question")
-    images: list[str] = Field(description="base64 PNGs, each the size of the input image")
+    images: list[str] = Field(
+        description="base64 images in the requested output_format (PNG by default), each the input's size"
+    )
     seeds: list[int]
     model: dict[str, object]
     timings: EditTimings

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,14 +22,9 @@ import time
 from pathlib import Path
 
 import httpx
+from local_stack import free_port, with_tree
 
 SERVICES = ("editor", "verifier", "reward")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -44,19 +38,17 @@ def _maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-PACKAGE_ROOTS = ("shared", "services/editor", "services/verifier", "services/reward", "training", "tools")
-
-
 def measure(
     service: str, timeout_s: float, *, cli: str = "etchr_tools.cli", tree: Path | None = None
 ) -> tuple[float, float, float, bool]:
     """(seconds to /healthz 200, VmRSS MiB, VmHWM MiB, torch mapped) for one start of ``service``.
 
     ``tree``: run another checkout's code (its package folders go first on PYTHONPATH) through ``cli``."""
-    port = _free_port()
-    env = dict(os.environ, ETCHR_REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0", ETCHR_LOG_LEVEL="warning")
-    if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join(str(tree / root) for root in PACKAGE_ROOTS)
+    port = free_port()
+    env = with_tree(
+        {**os.environ, "ETCHR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "ETCHR_LOG_LEVEL": "warning"},
+        tree,
+    )
     started = time.perf_counter()
     proc = subprocess.Popen(
         [

@@ -16,6 +16,17 @@ from pathlib import Path
 
 import httpx
 
+# The folders the project's packages live in: another checkout's, first on PYTHONPATH, runs its code
+# (`--compare-tree` of the benches that measure a change side by side against an earlier commit).
+PACKAGE_ROOTS = ("shared", "services/editor", "services/verifier", "services/reward", "training", "tools")
+
+
+def with_tree(env: Mapping[str, str], tree: Path | None) -> dict[str, str]:
+    """``env`` for a process that runs ``tree``'s code instead of this checkout's (None: this one)."""
+    if tree is None:
+        return dict(env)
+    return {**env, "PYTHONPATH": os.pathsep.join(str(tree / root) for root in PACKAGE_ROOTS)}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

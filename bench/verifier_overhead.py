@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 import numpy as np
 from fastapi import FastAPI, Request
-from local_stack import editor_stack, free_port, wait_ready
+from local_stack import editor_stack, free_port, wait_ready, with_tree
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the test MLLM server in tests/support
@@ -57,7 +57,6 @@ from tests.support.mllm_server import RecordedRequest, ScriptedMLLM
 from tests.support.servers import UvicornThread
 
 JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
-PACKAGE_ROOTS = ("shared", "services/editor", "services/verifier", "services/reward", "training", "tools")
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 QUESTION = "Which exit does the path reach? (A) left (B) right"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -152,9 +151,7 @@ def cpu_seconds(pid: int) -> float:
 def start_verifier(
     stack: ExitStack, label: str, env: dict[str, str], tree: Path | None, cli: str
 ) -> Verifier:
-    env = dict(env)
-    if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join(str(tree / root) for root in PACKAGE_ROOTS)
+    env = with_tree(env, tree)
     origin = subprocess.run(
         [
             sys.executable,

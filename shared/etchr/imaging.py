@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
@@ -24,8 +26,10 @@ __all__ = [
     "ImageError",
     "ImageLimits",
     "MLLMImage",
+    "check_image_bytes",
     "decode_base64_image",
     "decode_image_bytes",
+    "encode_image_base64",
     "encode_png",
     "encode_png_base64",
     "fit_model_size",
@@ -137,13 +141,14 @@ def _data_url_payload(url: str) -> str:
     return payload
 
 
-def decode_image_bytes(raw: bytes, limits: ImageLimits) -> Image.Image:
-    """Decode PNG/JPEG/WebP bytes into an upright RGB image, refusing anything over ``limits``.
+@contextlib.contextmanager
+def _opened_within(
+    raw: bytes, limits: ImageLimits, formats: Sequence[str] = ALLOWED_FORMATS
+) -> Iterator[Image.Image]:
+    """``raw`` opened lazily (header only) after the size checks every input passes: bytes, then pixels.
 
-    The pixel count is read from the header and checked *before* the pixel data is decoded, so a
-    decompression bomb (a tiny file declaring huge dimensions) costs nothing. EXIF orientation is applied
-    (phones store rotated JPEGs) and alpha is composited on white, so the model always sees what a
-    viewer shows.
+    The pixel count is read from the header and checked *before* any pixel data is decoded, so a
+    decompression bomb (a tiny file declaring huge dimensions) costs nothing.
     """
     if len(raw) > limits.max_bytes:
         raise ImageError(f"image is {len(raw)} bytes; the limit is {limits.max_bytes} bytes")
@@ -151,7 +156,7 @@ def decode_image_bytes(raw: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageError("image is empty")
     try:
         # PIL's own bomb check runs here (it raises above 2 × Image.MAX_IMAGE_PIXELS); ours runs below.
-        opened = Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS)
+        opened = Image.open(io.BytesIO(raw), formats=formats)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image dimensions are too large (limit {limits.max_pixels} pixels)") from exc
     except UnidentifiedImageError as exc:
@@ -169,13 +174,44 @@ def decode_image_bytes(raw: bytes, limits: ImageLimits) -> Image.Image:
                 f"image is {width}×{height} = {width * height} pixels; "
                 f"the limit is {limits.max_pixels} pixels"
             )
+        yield opened
+
+
+def decode_image_bytes(raw: bytes, limits: ImageLimits) -> Image.Image:
+    """Decode PNG/JPEG/WebP bytes into an upright RGB image, refusing anything over ``limits``.
+
+    EXIF orientation is applied (phones store rotated JPEGs) and alpha is composited on white, so the model
+    always sees what a viewer shows.
+    """
+    with _opened_within(raw, limits) as opened:
+        return _decoded(opened)
+
+
+def _decoded(opened: Image.Image) -> Image.Image:
+    try:
+        opened.load()
+        upright = ImageOps.exif_transpose(opened)
+        return _to_rgb(upright if upright is not None else opened)
+    except ImageError:
+        raise
+    except Exception as exc:  # truncated streams, bad zlib/huffman data, broken EXIF …
+        raise ImageError(f"image data is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
+
+
+def check_image_bytes(raw: bytes, limits: ImageLimits) -> None:
+    """What :func:`decode_image_bytes` refuses, for bytes that are only passed on (the reward service sends
+    the MLLM what the trainer sent). A PNG is checked by its header and every chunk's CRC without inflating
+    its pixels (decoding a 512² PNG, ~5 ms, was most of the reward service's CPU per edit): a truncated or
+    damaged file fails the CRC walk as a decode would, and only a deliberately forged one (valid CRCs over a
+    broken deflate stream) gets past, which the MLLM then refuses. JPEG and WebP are decoded.
+    """
+    if image_mime(raw) != "image/png":
+        decode_image_bytes(raw, limits)
+        return
+    with _opened_within(raw, limits, formats=("PNG",)) as opened:
         try:
-            opened.load()
-            upright = ImageOps.exif_transpose(opened)
-            return _to_rgb(upright if upright is not None else opened)
-        except ImageError:
-            raise
-        except Exception as exc:  # truncated streams, bad zlib/huffman data, broken EXIF …
+            opened.verify()
+        except Exception as exc:  # a bad CRC, a missing IEND …
             raise ImageError(f"image data is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
 
 
@@ -229,13 +265,13 @@ def prepare_input(raw: bytes, limits: ImageLimits) -> tuple[Image.Image, MLLMIma
     spent re-encoding it. Anything else goes on as a PNG of what the model sees (upright, alpha on white), so
     the MLLM and the editor see the same picture either way.
     """
-    image = decode_image_bytes(raw, limits)
-    with Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS) as opened:  # the header only: cheap
-        as_stored = (
+    with _opened_within(raw, limits) as opened:
+        as_stored = (  # read from the header, before the pixels are decoded
             opened.mode in _PASSTHROUGH_MODES
             and "transparency" not in opened.info
             and opened.getexif().get(_EXIF_ORIENTATION, 1) == 1
         )
+        image = _decoded(opened)
     if as_stored:
         return image, MLLMImage.from_bytes(raw)
     return image, MLLMImage(encode_png(image), "image/png")
@@ -260,6 +296,21 @@ def encode_png(image: Image.Image, *, compress_level: int = 3) -> bytes:
 def encode_png_base64(image: Image.Image) -> str:
     """Bare base64 PNG (no data-URL prefix), the form every response carries."""
     return base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def encode_image_base64(image: Image.Image, output_format: str = "png", *, quality: int | None = None) -> str:
+    """Bare base64 of ``image`` as ``png`` (:func:`encode_png`), ``jpeg`` or ``webp`` (OpenAI's
+    ``output_format`` names); ``quality`` 0-100 for the lossy two (OpenAI's ``output_compression``;
+    None: 90)."""
+    if output_format == "png":
+        return encode_png_base64(image)
+    if output_format not in ("jpeg", "webp"):
+        raise ValueError(f"output_format must be png, jpeg or webp, got {output_format!r}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=output_format.upper(), quality=90 if quality is None else quality)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -345,18 +396,3 @@ def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
         return image.copy()
     shrinking = size[0] * size[1] < image.width * image.height
     return image.resize(size, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
-
-
-def encode_image_base64(image: Image.Image, output_format: str = "png", *, quality: int | None = None) -> str:
-    """Bare base64 of ``image`` as ``png`` (:func:`encode_png`), ``jpeg`` or ``webp`` (OpenAI's
-    ``output_format`` names); ``quality`` 0-100 for the lossy two (OpenAI's ``output_compression``;
-    None: 90)."""
-    if output_format == "png":
-        return encode_png_base64(image)
-    if output_format not in ("jpeg", "webp"):
-        raise ValueError(f"output_format must be png, jpeg or webp, got {output_format!r}")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format=output_format.upper(), quality=90 if quality is None else quality)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -160,7 +160,7 @@ def test_a_worker_reads_and_encodes_a_shared_image_once(redis_server: RedisServe
     async def scenario() -> None:
         client = aioredis.Redis.from_url(redis_server.url)
         queue = reward_queue(client, settings)
-        front, worker = ImageStore.for_settings(queue, settings), ImageStore(queue, ttl_s=1)
+        front, worker = ImageStore.for_deadline(queue, settings.reward_deadline_s), ImageStore(queue, ttl_s=1)
         async with client.pipeline(transaction=False) as pipe:
             keys = front.put(pipe, "r1", [original, edit, original])
             await pipe.execute()

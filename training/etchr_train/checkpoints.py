@@ -86,6 +86,12 @@ def read_training_state(path: Path) -> dict[str, Any]:
     return torch.load(path / STATE, map_location="cpu", weights_only=False)
 
 
+def read_run_config(path: Path) -> dict[str, Any]:
+    """Only the configuration a checkpoint was saved with; the file is memory-mapped, so the optimizer state
+    beside it is not read (``read_training_state`` loads that once, when the run resumes)."""
+    return torch.load(path / STATE, map_location="cpu", weights_only=False, mmap=True)["config"]
+
+
 def load_checkpoint(
     path: Path,
     state: Mapping[str, Any],

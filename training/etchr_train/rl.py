@@ -31,7 +31,7 @@ from pydantic import Field
 from etchr.clients.reward import RewardClient, RewardResult, RewardServiceError
 from etchr.imaging import encode_png_base64
 from etchr_editor.sampler import SampleRequest
-from etchr_train.checkpoints import STATE, latest_checkpoint
+from etchr_train.checkpoints import latest_checkpoint, read_run_config
 from etchr_train.examples import TrainingBatch
 from etchr_train.rollouts import RewardImage, Trajectories, sample_trajectories
 from etchr_train.training_run import RunOptions, TrainingRun
@@ -147,8 +147,7 @@ def _warn_on_changed_rollouts(config: RLConfig) -> None:
     checkpoint = latest_checkpoint(config.out) if config.resume else None
     if checkpoint is None:
         return
-    # mmap: only the configuration is read, not the optimizer state (start_run loads that once)
-    saved = torch.load(checkpoint / STATE, map_location="cpu", weights_only=False, mmap=True)["config"]
+    saved = read_run_config(checkpoint)
     changes = rollout_changes(saved, config)
     if changes:
         logger.warning(

@@ -39,13 +39,11 @@ class Resolution:
 
 
 class QueryDispatcher:
-    def __init__(
-        self, queue: JobQueue, metrics: RewardMetrics, *, deadline_s: float, images: ImageStore | None = None
-    ) -> None:
+    def __init__(self, queue: JobQueue, metrics: RewardMetrics, *, deadline_s: float) -> None:
         self.queue = queue
         self.metrics = metrics
         self.deadline_s = deadline_s
-        self.images = images or ImageStore(queue, ttl_s=int(deadline_s) + 60)
+        self.images = ImageStore.for_deadline(queue, deadline_s)
 
     async def resolve(self, queries: Sequence[PendingQuery]) -> Resolution:
         """Every query's result, or a ServiceError (503/502/504) — never a partial or invented score."""

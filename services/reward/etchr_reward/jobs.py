@@ -106,8 +106,9 @@ class ImageStore:
         self._reading: dict[str, asyncio.Future[QueryImage | None]] = {}
 
     @classmethod
-    def for_settings(cls, queue: JobQueue, settings: RewardSettings) -> ImageStore:
-        return cls(queue, ttl_s=int(settings.reward_deadline_s) + 60)
+    def for_deadline(cls, queue: JobQueue, deadline_s: float) -> ImageStore:
+        """The front's store: a request's images outlive its deadline (ETCHR_REWARD_DEADLINE_S) by 60 s."""
+        return cls(queue, ttl_s=int(deadline_s) + 60)
 
     def put(self, pipe: aioredis.client.Pipeline, owner: str, images: Iterable[QueryImage]) -> list[str]:
         """Queue the SETs of ``images`` (each digest once) on ``pipe``; their keys, for :meth:`drop`."""

@@ -11,6 +11,11 @@ concurrency C, in one run:
     python bench/reward_throughput.py --latency 0.1 --concurrency 16,64
     python bench/reward_throughput.py --size 512 --latency 0.5 --concurrency 16,64 --no-k4
 
+CPU seconds per 100 queries are printed beside each rate: plain's all in this process (client and test
+MLLM), served's split over this process (trainer client and test MLLM), the service and its redis-server
+(Linux /proc). Unlike the rates they barely move with other load on the machine, and they say which
+process a free core would speed up.
+
 ``--size`` is the side of every image, sent as a trainer sends its edits: PNG (photo-like content, ~0.4 MB at
 512²). Edits differ in a PNG text chunk (their bytes and digests differ, so nothing is cached) rather than in
 their pixels, so building thousands of them costs no PNG encoding here. The plain client sends those same
@@ -24,6 +29,7 @@ import asyncio
 import base64
 import functools
 import io
+import os
 import struct
 import sys
 import time
@@ -65,6 +71,29 @@ def png(seed: int) -> str:
     text = b"seed\0" + str(seed).encode()
     chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
     return base64.b64encode(raw[:-12] + chunk + raw[-12:]).decode()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def stack_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of this process and of the children ``service_stack`` started (service, Redis)."""
+    used = {"bench": time.process_time(), "service": 0.0, "redis": 0.0}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+            if int(tail.split()[1]) == os.getpid():  # ppid
+                role = "redis" if "redis" in head else "service"
+                used[role] += _cpu_s(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return used
+
+
+def per_100(before: dict[str, float], after: dict[str, float], queries: int) -> dict[str, float]:
+    return {role: 100 * (after[role] - before[role]) / queries for role in before}
 
 
 def respond(request: RecordedRequest) -> Reply:
@@ -159,13 +188,17 @@ def main() -> None:
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             ideal = concurrency / args.latency
             total = max(64, int(ideal * args.seconds) // 16 * 16)
+            before = stack_cpu_s()
             plain = asyncio.run(plain_qps(mllm.base_url, concurrency, total))
+            plain_cpu = per_100(before, stack_cpu_s(), total)
             mllm.reset()  # the test MLLM records every request, data URLs included: keep memory flat
             k4 = k4_single = None
             with reward_service(mllm.base_url, concurrency) as url:
                 asyncio.run(served(url, items(64, offset=10**6), k=1))  # warm-up
                 batch = items(total, offset=0)
+                before = stack_cpu_s()
                 fresh = asyncio.run(served(url, batch, k=1))
+                fresh_cpu = per_100(before, stack_cpu_s(), total)
                 cached = asyncio.run(served(url, batch, k=1))
                 del batch
                 mllm.reset()
@@ -176,14 +209,14 @@ def main() -> None:
                 with reward_service(single.base_url, concurrency) as url:
                     k4_single = asyncio.run(served(url, items(total, offset=3 * 10**6), k=4))
                     single.reset()
-            rows.append((concurrency, ideal, plain, fresh, cached, k4, k4_single))
+            rows.append((concurrency, ideal, plain, fresh, cached, k4, k4_single, plain_cpu, fresh_cpu))
 
     image_kb = len(base64.b64decode(png(0))) / 1024
     print(
         f"test MLLM latency {args.latency:g} s; images {args.size}² PNG ({image_kb:.0f} KB); "
         "reward client → /reward → Redis → worker; 2-core machine"
     )
-    for concurrency, ideal, plain, fresh, cached, k4, k4_single in rows:
+    for concurrency, ideal, plain, fresh, cached, k4, k4_single, plain_cpu, fresh_cpu in rows:
         print(f"\nC = {concurrency}: ideal {ideal:.0f} req/s")
         print(
             f"  {'plain asyncio.gather of openai calls':<38}{plain:8.1f} req/s   ÷ ideal {plain / ideal:.2f}"
@@ -191,6 +224,11 @@ def main() -> None:
         print(
             f"  {'/reward, nothing cached (k=1)':<38}{fresh[1]:8.1f} req/s   ÷ ideal {fresh[1] / ideal:.2f}"
             f"   ÷ plain {fresh[1] / plain:.2f}"
+        )
+        print(
+            f"  {'CPU s per 100 queries':<38}plain: this process {plain_cpu['bench']:.2f}; served: this "
+            f"process {fresh_cpu['bench']:.2f}, service {fresh_cpu['service']:.2f}, "
+            f"redis {fresh_cpu['redis']:.2f}"
         )
         print(
             f"  {'/reward, all cache hits':<38}{cached[0]:8.1f} queries/s "

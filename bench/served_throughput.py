@@ -6,6 +6,10 @@ with the sampler called directly at the same batch size — one run, same machin
 
     python bench/served_throughput.py                      # tiny checkpoint on CPU
     python bench/served_throughput.py --model DIR --device cuda --size 512 --steps 40 --batches 1,4
+
+``--progress-compare`` instead serves the same load with the workers' progress publishing on and off
+(``ETCHR_EDITOR_PROGRESS``), alternating stacks for ``--rounds`` rounds, and reports served seconds per edit
+and p50 latency for each with the on÷off ratio (the cost of publishing denoising steps to Redis).
 """
 
 from __future__ import annotations
@@ -82,15 +86,48 @@ async def served_images_per_s(url: str, args: argparse.Namespace) -> tuple[float
     return args.requests / elapsed, statistics.median(latencies)
 
 
+def progress_compare(model: str, args: argparse.Namespace) -> None:
+    """Served s/edit and p50 with ETCHR_EDITOR_PROGRESS off and on (order alternating), median of rounds."""
+    batch = int(args.batches.split(",")[0])
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for round_ in range(args.rounds):
+        for progress in (False, True) if round_ % 2 == 0 else (True, False):  # no arm always goes first
+            settings = {
+                "ETCHR_EDITOR_MAX_BATCH": str(batch),
+                "ETCHR_EDITOR_BATCH_WAIT_MS": "0",
+                "ETCHR_EDITOR_PROGRESS": str(progress).lower(),
+            }
+            with editor_stack(model, args.device, settings) as url:
+                runs[progress].append(asyncio.run(served_images_per_s(url, args)))
+    print(
+        f"device={args.device} size={args.size}² steps={args.steps} max batch={batch} "
+        f"concurrency={args.concurrency} requests={args.requests} rounds={args.rounds}"
+    )
+    print(f"{'progress':>9}{'served s/edit':>15}{'p50 s':>8}")
+    per_edit: dict[bool, float] = {}
+    p50: dict[bool, float] = {}
+    for progress in (False, True):
+        per_edit[progress] = statistics.median(1 / rate for rate, _ in runs[progress])
+        p50[progress] = statistics.median(latency for _, latency in runs[progress])
+        print(f"{'on' if progress else 'off':>9}{per_edit[progress]:>15.4f}{p50[progress]:>8.3f}")
+    print(f"on÷off: served s/edit {per_edit[True] / per_edit[False]:.3f}, p50 {p50[True] / p50[False]:.3f}")
+
+
 def main() -> None:
     parser = edit_arg_parser(__doc__)
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--progress-compare", action="store_true", help="progress publishing on vs off")
+    parser.add_argument("--rounds", type=int, default=3, help="with --progress-compare: off/on pairs")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="etchr-bench-"))
     model = args.model or str(save_tiny_editor(work / "tiny"))
+    if args.progress_compare:
+        progress_compare(model, args)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         settings = {"ETCHR_EDITOR_MAX_BATCH": str(batch), "ETCHR_EDITOR_BATCH_WAIT_MS": "0"}

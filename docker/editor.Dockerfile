@@ -12,7 +12,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     HF_HOME=/models/hf \
-    HEALTHCHECK_URL=http://127.0.0.1:8001/healthz
+    HEALTHCHECK_URL=http://127.0.0.1:8001/readyz
 
 # The source is bind-mounted for the install only (writes are discarded), so no copy of it stays in a layer;
 # the constraints pin every package except torch to the versions the tests ran against. /models is where a
@@ -30,7 +30,12 @@ RUN --mount=type=bind,target=/src,rw \
 USER 10001:10001
 WORKDIR /home/etchr
 EXPOSE 8001 9101
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["etchr-healthcheck"]
+# Healthy only when the editor can edit: /readyz is 503 until the in-process worker's model is loaded and
+# warmed up (and while Redis refuses writes); /healthz would say healthy with no model at all. The start
+# period covers a load from local disk (docs/deployment.md, "Health checks", has the measured times); a
+# first start that downloads the checkpoint takes longer and shows as unhealthy until it is done.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 CMD ["etchr-healthcheck"]
 # The front with an in-process worker (one GPU box). Kubernetes runs `worker editor` from this image (its
-# probe is the metrics port, 9101: set HEALTHCHECK_URL to check it here) and the front from the slim image.
+# probe is the metrics port, 9101: set HEALTHCHECK_URL=http://127.0.0.1:9101/readyz to check it here) and
+# the front from the slim image.
 CMD ["etchr", "serve", "editor", "--host", "0.0.0.0"]

@@ -28,7 +28,8 @@ RUN --mount=type=bind,target=/src,rw \
 USER 10001:10001
 WORKDIR /home/etchr
 EXPOSE 8001 8002 8003
-# No HEALTHCHECK_URL: etchr-healthcheck reads the service and its port from the container's command.
+# No HEALTHCHECK_URL: etchr-healthcheck reads the service and its port from the container's command and
+# probes its /readyz (healthy only when it can serve: Redis writable, an MLLM configured).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["etchr-healthcheck"]
 # The image serves three services: the command names one (`etchr serve editor --no-worker`, `etchr serve
 # verifier`, `etchr serve reward`, each with `--host 0.0.0.0`). Without one it lists them.

@@ -7,9 +7,11 @@ Stdlib only, so the slim front image and the CUDA editor image run the same scri
 2. ``HEALTHCHECK_URL`` (the editor image sets its front's; set it to check a standalone worker's metrics
    port instead);
 3. derived from the container's own command, the command line of PID 1 (or of ``HEALTHCHECK_PID``):
-   ``etchr serve SERVICE [--port N]`` answers on ``http://127.0.0.1:N/healthz``, N defaulting to the
-   service's port. This is how the one front image, which runs the editor front, the verifier or the reward
-   service depending on its command, checks whichever it runs without a per-service setting.
+   ``etchr serve SERVICE [--port N]`` is probed at ``http://127.0.0.1:N/readyz``, N defaulting to the
+   service's port: /readyz, not /healthz, because a container is healthy only when it can serve (an editor
+   whose model failed to load answers /healthz but not /readyz). This is how the one front image, which
+   runs the editor front, the verifier or the reward service depending on its command, checks whichever it
+   runs without a per-service setting.
 
 Proxies are bypassed: a probe of 127.0.0.1 must never travel through an ``HTTP_PROXY`` set for the MLLM
 backends.
@@ -28,7 +30,7 @@ DEFAULT_PORTS = {"editor": 8001, "verifier": 8002, "reward": 8003}
 
 
 def url_from_command(argv: list[str]) -> str | None:
-    """The /healthz URL of the ``etchr serve SERVICE [--port N]`` that ``argv`` runs, else None.
+    """The /readyz URL of the ``etchr serve SERVICE [--port N]`` that ``argv`` runs, else None.
 
     ``argv`` is a process's command line: ``etchr serve reward``, ``python /usr/local/bin/etchr serve …``,
     ``docker-init -- etchr serve …`` or ``sh -c "etchr serve …"`` (hence the split of each argument).
@@ -44,7 +46,7 @@ def url_from_command(argv: list[str]) -> str | None:
                 port = rest[j + 1]
             elif option.startswith("--port="):
                 port = option.partition("=")[2]
-        return f"http://127.0.0.1:{port}/healthz" if port.isdigit() else None
+        return f"http://127.0.0.1:{port}/readyz" if port.isdigit() else None
     return None
 
 

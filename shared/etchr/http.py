@@ -37,6 +37,8 @@ REQUEST_ID_HEADER = "x-request-id"
 # id is the same bytes in the header, in logs and when forwarded (the verifier sends it on to the editor).
 # Anything else (non-ASCII bytes, which servers read as Latin-1, spaces, overlong ids) is replaced.
 SAFE_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
+# Where asking again cannot help (a missing setting, a refusal): OpenAI SDKs retry every 5xx unless told.
+NO_RETRY_HEADERS = {"x-should-retry": "false"}
 RETRY_AFTER_REDIS_DOWN_S = "2"  # a restart or failover: back in seconds
 RETRY_AFTER_REDIS_REFUSING_S = "5"  # out of memory, read-only replica: needs an operator or a drained queue
 REDIS_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -278,7 +280,7 @@ def _probe_router(checks: Sequence[ReadinessCheck]) -> APIRouter:
             if problem:
                 problems.append(problem)
         if problems:
-            return error_response(503, "not_ready", "; ".join(problems), {"Retry-After": "2"})
+            return error_response(503, "not_ready", "; ".join(problems))  # probes poll anyway: no Retry-After
         return JSONResponse({"status": "ready"})
 
     @router.get("/metrics", response_class=PlainTextResponse)

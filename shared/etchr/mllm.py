@@ -17,9 +17,11 @@ import base64
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import httpx
 import openai
+import orjson
 from PIL import Image
 
 from etchr.imaging import MLLMImage, encode_png
@@ -34,6 +36,7 @@ __all__ = [
     "MLLMNotConfigured",
     "MLLMRejected",
     "MLLMUnavailable",
+    "ReplyListener",
     "cap_reply",
     "image_part",
     "user_message",
@@ -114,6 +117,8 @@ class ChatResult:
     # Completion tokens the backends reported (``usage.completion_tokens``) over the requests that answered;
     # 0 when a backend reports no usage.
     completion_tokens: int = 0
+    # Prompt tokens likewise (``usage.prompt_tokens``): with completion_tokens, what callers charge.
+    prompt_tokens: int = 0
 
     def was_truncated(self, index: int) -> bool:
         return index < len(self.truncated) and self.truncated[index]
@@ -139,6 +144,16 @@ def user_message(text: str, images: Sequence[MLLMImage | Image.Image | bytes] = 
     content = [image_part(image) for image in images]
     content.append({"type": "text", "text": text})
     return {"role": "user", "content": content}
+
+
+class ReplyListener(Protocol):
+    """Receives a reply's text as the backend streams it (``MLLMClient.chat(..., listener=...)``)."""
+
+    def delta(self, text: str) -> None:
+        """The next piece of the reply's content."""
+
+    def restart(self) -> None:
+        """The attempt that sent the pieces so far failed; the reply starts again (another try or backend)."""
 
 
 # ------------------------------------------------------------------------------------------------ client
@@ -184,10 +199,51 @@ def _usable(choices: Sequence[Any], limit: int) -> list[_Decoding]:
     return usable
 
 
-def _completion_tokens(completion: Any) -> int:
-    """``usage.completion_tokens`` of a chat completion, 0 when the backend reports none."""
-    tokens = getattr(getattr(completion, "usage", None), "completion_tokens", None)
+def _tokens(completion: Any, kind: str) -> int:
+    """``usage.<kind>`` (prompt_tokens, completion_tokens) of a chat completion, 0 when none is reported."""
+    tokens = getattr(getattr(completion, "usage", None), kind, None)
     return tokens if isinstance(tokens, int) else 0
+
+
+class _StreamBroken(Exception):
+    """A streamed reply that broke off after it began (the connection dropped, an error event)."""
+
+
+@dataclass(frozen=True)
+class _Message:
+    content: str
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """A streamed reply put back together, shaped like a completion's choice for ``_usable``."""
+
+    message: _Message
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class _Streamed:
+    """A streamed completion put back together: its one choice and its usage (the last chunk's)."""
+
+    choices: list[_Choice]
+    usage: Any
+
+
+async def _collect_stream(stream: Any, listener: ReplyListener) -> _Streamed:
+    """Read a streamed completion (one choice), handing each content piece to ``listener`` as it comes."""
+    pieces: list[str] = []
+    finish: str | None = None
+    usage: Any = None
+    async for chunk in stream:
+        usage = getattr(chunk, "usage", None) or usage
+        for choice in chunk.choices or []:
+            text = getattr(choice.delta, "content", None) if choice.delta is not None else None
+            if text:
+                pieces.append(text)
+                listener.delta(text)
+            finish = choice.finish_reason or finish
+    return _Streamed([_Choice(_Message("".join(pieces)), finish)], usage)
 
 
 def _attempts(request: Any) -> int:
@@ -211,6 +267,28 @@ def _describe(err: Exception) -> str:
         cause = err.__cause__
         return f"connection failed ({type(cause).__name__}: {cause})" if cause else "connection failed"
     return f"{type(err).__name__}: {str(err)[:300]}"
+
+
+
+class _OrjsonBodiesOpenAI(openai.AsyncOpenAI):
+    """``AsyncOpenAI`` whose JSON request bodies are encoded by orjson.
+
+    The SDK encodes with ``json.dumps``: 5-9 ms of CPU per request holding two 512² data URLs, a third of the
+    reward service's CPU at 512² (docs/benchmarks.md); orjson takes 0.1 ms. The SDK sends a ``bytes`` body as
+    it is. ``_build_request`` is the SDK's one hook for this (pinned to the 3.x line in pyproject); a body
+    orjson cannot encode takes the SDK's own path.
+    """
+
+    def _build_request(self, options: Any, *, retries_taken: int = 0) -> httpx.Request:
+        data = options.json_data
+        if isinstance(data, dict) and options.extra_json is None and not options.files:
+            try:
+                encoded = orjson.dumps(data)
+            except TypeError:
+                pass
+            else:
+                options = options.model_copy(update={"json_data": encoded})
+        return super()._build_request(options, retries_taken=retries_taken)
 
 
 class MLLMClient:
@@ -240,7 +318,7 @@ class MLLMClient:
         self._not_configured = not_configured
         # AsyncOpenAI binds nothing to an event loop until its first request, so building them here is safe.
         self._clients = [
-            openai.AsyncOpenAI(
+            _OrjsonBodiesOpenAI(
                 base_url=backend.base_url,
                 api_key=backend.api_key or "EMPTY",
                 timeout=timeout_s,
@@ -301,6 +379,11 @@ class MLLMClient:
             raise MLLMNotConfigured(self._not_configured)
 
     @property
+    def max_reply_chars(self) -> int:
+        """Replies longer than this are capped (``cap_reply``): a streaming caller must know where."""
+        return self._max_reply_chars
+
+    @property
     def labels(self) -> list[str]:
         return [backend.label for backend in self._backends]
 
@@ -311,9 +394,13 @@ class MLLMClient:
         temperature: float = 0.0,
         max_tokens: int | None = None,
         n: int = 1,
+        listener: ReplyListener | None = None,
         **extra: Any,
     ) -> ChatResult:
         """``n`` decodings of one chat; ``extra`` goes to ``chat.completions.create`` as is.
+
+        With a ``listener`` (``n`` must be 1) the reply is streamed and its content handed over as it comes
+        (the verifier's chat facade passes U's answer through); the result is the same as without.
 
         ``n`` is asked for in one request; a backend that answers fewer choices is asked again for the rest.
         So is one whose reply has some blank choices among good ones: the good ones are kept and only the
@@ -322,20 +409,23 @@ class MLLMClient:
         HTTP request counts in ``ChatResult.requests``; each text is capped at ``max_reply_chars``.
         """
         self.require_configured()
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+        if n < 1 or (listener is not None and n != 1):
+            raise ValueError(f"n must be at least 1 (exactly 1 with a listener), got {n}")
         texts: list[str] = []
         truncated: list[bool] = []
         answered: list[str] = []
-        requests = tokens = 0
+        requests = tokens = prompt_tokens = 0
         while len(texts) < n:
             wanted = n - len(texts)
-            got, backend, made, spent = await self._complete(messages, temperature, max_tokens, wanted, extra)
+            got, backend, made, spent = await self._complete(
+                messages, temperature, max_tokens, wanted, extra, listener
+            )
             for decoding in got[:wanted]:
                 texts.append(decoding.text)
                 truncated.append(decoding.truncated)
             requests += made
-            tokens += spent
+            tokens += spent[1]
+            prompt_tokens += spent[0]
             if backend.label not in answered:
                 answered.append(backend.label)
         return ChatResult(
@@ -344,6 +434,7 @@ class MLLMClient:
             requests=requests,
             truncated=truncated,
             completion_tokens=tokens,
+            prompt_tokens=prompt_tokens,
         )
 
     async def ping(self) -> str | None:
@@ -381,9 +472,10 @@ class MLLMClient:
         max_tokens: int | None,
         n: int,
         extra: dict[str, Any],
-    ) -> tuple[list[_Decoding], Backend, int, int]:
+        listener: ReplyListener | None = None,
+    ) -> tuple[list[_Decoding], Backend, int, tuple[int, int]]:
         """One completion request, failed over across backends: (usable decodings, who answered, HTTP
-        requests made, completion tokens of the reply used).
+        requests made, (prompt, completion) tokens of the reply used).
 
         A backend answering 200 with no usable choice (none at all, or only null/empty/blank content) is
         asked again up to ``max_retries`` times after a short backoff — the openai client only retries on
@@ -394,6 +486,9 @@ class MLLMClient:
         options = dict(extra)
         if max_tokens is not None:
             options["max_tokens"] = max_tokens
+        if listener is not None:
+            options.update(stream=True, stream_options={"include_usage": True})
+        streamed = False  # a listener has had pieces of an attempt that then failed: tell it on the next
         for index in self._order():
             backend, client = self._backends[index], self._clients[index]
             for attempt in range(self._max_retries + 1):
@@ -405,8 +500,16 @@ class MLLMClient:
                         raw = await client.chat.completions.with_raw_response.create(
                             model=backend.model, messages=messages, temperature=temperature, n=n, **options
                         )
-                    made += raw.retries_taken + 1
-                    parsed = raw.parse()
+                        made += raw.retries_taken + 1
+                        parsed = raw.parse()
+                        if listener is not None:
+                            if streamed:
+                                listener.restart()
+                            streamed = True
+                            try:
+                                parsed = await _collect_stream(parsed, listener)
+                            except (openai.APIError, httpx.HTTPError) as err:
+                                raise _StreamBroken(_describe(err)) from err
                     choices = parsed.choices or []
                     decodings = _usable(choices, self._max_reply_chars)
                 except openai.APIStatusError as err:
@@ -419,12 +522,17 @@ class MLLMClient:
                 except openai.APIError as err:  # connection refused, timeout, a response that is not JSON
                     made += _attempts(err.request)
                     failure = _describe(err)
+                except _StreamBroken as err:  # cut mid-reply: the openai client does not retry that
+                    failure = f"stream broke mid-reply: {err}"
+                    if attempt < self._max_retries:
+                        continue
                 except (ValueError, TypeError, AttributeError) as err:  # a 200 that is no chat completion
                     failure = f"invalid response ({type(err).__name__}: {err})"
                 else:
                     if decodings:
                         self._down_until.pop(index, None)
-                        return decodings, backend, made, _completion_tokens(parsed)
+                        tokens = (_tokens(parsed, "prompt_tokens"), _tokens(parsed, "completion_tokens"))
+                        return decodings, backend, made, tokens
                     failure = (
                         "answered with empty content (null, empty or blank message.content)"
                         if choices

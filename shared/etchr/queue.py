@@ -5,7 +5,9 @@ then ``complete``/``fail``; entries a dead worker held are re-delivered by ``rec
 ``reclaim_idle_s`` and dead-lettered after ``max_deliveries``. Every entry carries its job id and the
 record holds the job's status, so a re-delivered job that already finished is recognised and just acked:
 re-processing is harmless. Keys, for ``name``: ``{name}:jobs`` (stream), ``{name}:dead`` (dead letters),
-``{name}:job:{id}`` (record hash), ``{name}:done:{id}`` (completion notification list).
+``{name}:job:{id}`` (record hash), ``{name}:done:{id}`` (completion notification list); for live progress,
+``{name}:seq`` / ``{name}:taken`` (admission and hand-out counters: the queue position),
+``{name}:progress:{id}`` (step/steps a worker publishes) and ``{name}:waiters:{id}`` (who follows a job).
 
 Redis errors propagate unchanged (the HTTP layer maps every one of them to 503), except that storing a
 result may be asked to ride out a short outage first (``complete``/``fail`` with ``retry_s``).
@@ -55,13 +57,37 @@ redis.call('XDEL', KEYS[3], ARGV[7])
 return stored
 """
 
-# A finished job is never moved back to running (a re-delivery after a crash between storing and acking).
+# A finished job is never moved back to running (a re-delivery after a crash between storing and acking);
+# a cancelled one is "failed", so a worker skips it. The hand-out counter KEYS[2] becomes the job's
+# admission number when that is higher: jobs admitted after it and not yet handed out are still waiting.
 _MARK_RUNNING_LUA = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'done' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', ARGV[1], 'consumer', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '')
+if seq and seq > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], seq) end
 return 1
+"""
+
+# Cancel unless someone else still follows the job. ARGV[1] is the canceller's own waiter token ('' for an
+# unconditional cancel): it is dropped first, then any live token (score = expiry ms) keeps the job going.
+# A queued or running job becomes "failed" with cancelled=1 and its waiters are notified; the worker then
+# skips it (mark_running) or drops its result (the finish script keeps the first terminal state).
+_CANCEL_LUA = """
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+  if redis.call('ZCARD', KEYS[3]) > 0 then return 'watched' end
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if status == 'done' or status == 'failed' then return status end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_ms', ARGV[2], 'error', ARGV[3], 'cancelled', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('RPUSH', KEYS[2], 'failed')
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 'cancelled'
 """
 
 
@@ -74,7 +100,8 @@ local depth = redis.call('XLEN', KEYS[1])
 if depth >= tonumber(ARGV[1]) then return {0, depth} end
 redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
 redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[2], 'status', 'queued', 'created_ms', ARGV[2], 'meta', ARGV[3])
+local seq = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[2], 'status', 'queued', 'created_ms', ARGV[2], 'meta', ARGV[3], 'seq', seq)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {1, depth + 1}
 """
@@ -127,6 +154,26 @@ class JobRecord:
     finished_ms: int | None
     consumer: str | None
     meta: dict[str, str] = field(default_factory=dict)
+    seq: int | None = None  # admission number (bounded enqueue only): the queue position's reference
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job's record with what is known of its progress, read in one round trip (``JobQueue.progress``)."""
+
+    record: JobRecord
+    queue_position: int | None  # jobs admitted before it and not yet handed out, while queued
+    step: int | None  # denoising steps done, as its worker last published them (running or finished)
+    steps: int | None
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    WATCHED = "watched"  # someone else still follows the job: left running
+    DONE = "done"  # already finished: nothing to cancel
+    FAILED = "failed"
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -172,7 +219,17 @@ def _record(job_id: str, raw: Mapping[bytes, bytes]) -> JobRecord | None:
         finished_ms=_int_or_none(data.get("finished_ms")),
         consumer=_str(consumer) if consumer is not None else None,
         meta=json.loads(data.get("meta", b"{}")),
+        seq=_int_or_none(data.get("seq")),
+        cancelled=data.get("cancelled") == b"1",
     )
+
+
+def _progress_value(raw: bytes | None) -> tuple[int, int] | None:
+    """``b"3/40"`` → (3, 40); anything else (absent, garbled) → None."""
+    if raw is None:
+        return None
+    step, _, steps = _str(raw).partition("/")
+    return (int(step), int(steps)) if step.isdigit() and steps.isdigit() else None
 
 
 class JobQueue:
@@ -212,6 +269,9 @@ class JobQueue:
         self._finish = redis.register_script(_FINISH_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
         self._enqueue_bounded = redis.register_script(_ENQUEUE_BOUNDED_LUA)
+        self._cancel = redis.register_script(_CANCEL_LUA)
+        self.seq_key = f"{name}:seq"
+        self.taken_key = f"{name}:taken"
 
     @classmethod
     def for_service(
@@ -233,6 +293,12 @@ class JobQueue:
 
     def done_key(self, job_id: str) -> str:
         return f"{self.name}:done:{job_id}"
+
+    def progress_key(self, job_id: str) -> str:
+        return f"{self.name}:progress:{job_id}"
+
+    def waiters_key(self, job_id: str) -> str:
+        return f"{self.name}:waiters:{job_id}"
 
     async def ensure_group(self) -> None:
         """Create the stream and group; from id 0 so jobs enqueued before the group existed are delivered."""
@@ -268,7 +334,7 @@ class JobQueue:
         if max_depth is None:
             await self.enqueue_many([(job_id, fields, meta or {})])
             return
-        keys = [self.stream, self.record_key(job_id), self.done_key(job_id)]
+        keys = [self.stream, self.record_key(job_id), self.done_key(job_id), self.seq_key]
         record = [_now_ms(), json.dumps(dict(meta or {})), self.record_ttl_s]
         args: list[bytes | str | int] = [max_depth, *record]
         for name, value in _stream_entry(job_id, fields).items():
@@ -404,7 +470,7 @@ class JobQueue:
 
     async def mark_running(self, delivery: Delivery, consumer: str) -> bool:
         """False when the job already finished (a re-delivery): the caller then only acks."""
-        keys = [self.record_key(delivery.job_id)]
+        keys = [self.record_key(delivery.job_id), self.taken_key]
         return bool(await self._mark_running(keys=keys, args=[_now_ms(), consumer, self.record_ttl_s]))
 
     async def complete(self, delivery: Delivery, result: bytes, *, retry_s: float = 0.0) -> None:
@@ -446,6 +512,55 @@ class JobQueue:
 
     async def get(self, job_id: str) -> JobRecord | None:
         return _record(job_id, await self.redis.hgetall(self.record_key(job_id)))
+
+    async def publish_progress(self, steps_done: Mapping[str, tuple[int, int]]) -> None:
+        """Store (step, steps) for running jobs, in one round trip; kept for the record's lifetime at most.
+
+        Workers call it from a throttled publisher, never from the denoising loop itself.
+        """
+        if not steps_done:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, (step, steps) in steps_done.items():
+                pipe.set(self.progress_key(job_id), f"{step}/{steps}", ex=self.record_ttl_s)
+            await pipe.execute()
+
+    async def progress(self, job_id: str) -> JobProgress | None:
+        """The record and its progress (queue position while queued; published step while running)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.record_key(job_id))
+            pipe.get(self.progress_key(job_id))
+            pipe.get(self.taken_key)
+            raw, published, taken = await pipe.execute()
+        record = _record(job_id, raw)
+        if record is None:
+            return None
+        position = step = steps = None
+        if record.status is JobStatus.QUEUED and record.seq is not None:
+            position = max(0, record.seq - int(taken or 0) - 1)
+        if record.status is not JobStatus.QUEUED:  # a finished job keeps where it got to (N of N when done)
+            step, steps = _progress_value(published) or (None, None)
+        return JobProgress(record, position, step, steps)
+
+    async def add_waiter(self, job_id: str, token: str, ttl_s: float) -> None:
+        """Say that ``token`` follows the job for ``ttl_s`` more seconds (refresh it while following)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.waiters_key(job_id), {token: _now_ms() + int(ttl_s * 1000)})
+            pipe.expire(self.waiters_key(job_id), self.record_ttl_s)
+            await pipe.execute()
+
+    async def remove_waiter(self, job_id: str, token: str) -> None:
+        await self.redis.zrem(self.waiters_key(job_id), token)
+
+    async def cancel(self, job_id: str, reason: str, *, waiter: str | None = None) -> CancelOutcome:
+        """Cancel a queued or running job, atomically; with ``waiter``, only if no other waiter follows it.
+
+        A queued job is skipped by the worker that reads it; a running one finishes its batch but its
+        result is dropped (the first terminal state sticks), so a cancel never races a completion.
+        """
+        keys = [self.record_key(job_id), self.done_key(job_id), self.waiters_key(job_id)]
+        outcome = await self._cancel(keys=keys, args=[waiter or "", _now_ms(), reason, self.result_ttl_s])
+        return CancelOutcome(_str(outcome))
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
         """The record once DONE/FAILED, None on timeout (see :meth:`wait_many`, which does the waiting)."""

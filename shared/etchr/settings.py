@@ -91,6 +91,9 @@ class EditorSettings(CommonSettings):
     editor_worker: bool = True
     # Standalone workers serve Prometheus metrics on this port (0 = off).
     editor_worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # Workers publish each running job's denoising step to Redis (GET /jobs/{id}, /events); off only to
+    # measure what publishing costs (bench/served_throughput.py --progress-compare).
+    editor_progress: bool = True
 
     _split_loras = field_validator("editor_lora", mode="before")(_split_csv)
     _split_warmup_sizes = field_validator("editor_warmup_sizes", mode="before")(_split_csv)

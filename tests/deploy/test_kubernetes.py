@@ -1,8 +1,9 @@
 """k8s/: every kustomization renders, validates strictly, and agrees with the code it deploys.
 
-Rendering and schema checks are offline (tests/deploy/kube.py); the rest reads the rendered objects the way
-the kubelet, KEDA and the NetworkPolicy controller would, and compares them with the CLI, the settings
-classes and the queue's key names, so a manifest cannot drift from the services without a test failing.
+The real kustomize renders (``kubectl kustomize``, tests/deploy/manifests.py) and the schema checks are
+offline and strict; the rest reads the rendered objects the way the kubelet, KEDA and the NetworkPolicy
+controller would, and compares them with the CLI, the settings classes and the queue's key names, so a
+manifest cannot drift from the services without a test failing.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import yaml
 
 from etchr_editor.jobs import QUEUE_NAME, editor_queue
 from etchr_tools.cli import DEFAULT_PORTS
-from tests.deploy import envcheck, images, kube
+from tests.deploy import envcheck, images, manifests
 
-DIRS = kube.kustomization_dirs()
-OVERLAYS = kube.overlay_dirs()
-IDS = {path: str(path.relative_to(kube.K8S)) for path in DIRS}
+DIRS = manifests.kustomization_dirs()
+OVERLAYS = manifests.overlay_dirs()
+IDS = {path: str(path.relative_to(manifests.K8S)) for path in DIRS}
 
 # What each Deployment must run: the `etchr` commands, with the editor split into front and GPU workers.
 EXPECTED_COMMANDS = {
@@ -58,24 +59,24 @@ REDIS_STREAMS_KEYS = frozenset(
 
 
 @cache
-def rendered(path: Path) -> kube.Rendered:
-    return kube.render(path)
+def rendered(path: Path) -> manifests.Rendered:
+    return manifests.render(path)
 
 
-def etchr_workloads(r: kube.Rendered) -> dict[str, kube.Resource]:
+def etchr_workloads(r: manifests.Rendered) -> dict[str, manifests.Resource]:
     return {w["metadata"]["name"]: w for w in r.workloads() if w["metadata"]["name"] in EXPECTED_COMMANDS}
 
 
-def main_container(workload: kube.Resource) -> kube.Resource:
-    (container,) = kube.pod_spec(workload)["containers"]
+def main_container(workload: manifests.Resource) -> manifests.Resource:
+    (container,) = manifests.pod_spec(workload)["containers"]
     return container
 
 
-def command_of(container: kube.Resource) -> list[str]:
+def command_of(container: manifests.Resource) -> list[str]:
     return [*container.get("command", []), *container.get("args", [])]
 
 
-def container_port(container: kube.Resource, port: int | str) -> int:
+def container_port(container: manifests.Resource, port: int | str) -> int:
     if isinstance(port, int):
         assert any(p["containerPort"] == port for p in container.get("ports", [])), (
             f"port {port} not declared"
@@ -87,14 +88,14 @@ def container_port(container: kube.Resource, port: int | str) -> int:
     raise AssertionError(f"container {container['name']} has no port named {port!r}")
 
 
-def autoscaled(r: kube.Rendered) -> dict[str, kube.Resource]:
+def autoscaled(r: manifests.Rendered) -> dict[str, manifests.Resource]:
     """Workload name -> the HPA or ScaledObject that owns its replica count."""
     owners = {h["spec"]["scaleTargetRef"]["name"]: h for h in r.of_kind("HorizontalPodAutoscaler")}
     owners |= {s["spec"]["scaleTargetRef"]["name"]: s for s in r.of_kind("ScaledObject")}
     return owners
 
 
-def min_replicas(r: kube.Rendered, workload: kube.Resource) -> int:
+def min_replicas(r: manifests.Rendered, workload: manifests.Resource) -> int:
     owner = autoscaled(r).get(workload["metadata"]["name"])
     if owner is None:
         return workload["spec"].get("replicas", 1)
@@ -111,14 +112,14 @@ def test_kustomization_renders_and_every_object_validates(path: Path) -> None:
     assert r.resources
     for resource in r.resources:
         try:
-            kube.validate(resource)
+            manifests.validate(resource)
         except jsonschema.ValidationError as exc:
             where = ".".join(str(p) for p in exc.absolute_path)
-            pytest.fail(f"{IDS[path]}: {kube.ident(resource)} at {where}: {exc.message}")
+            pytest.fail(f"{IDS[path]}: {manifests.ident(resource)} at {where}: {exc.message}")
 
 
 def test_there_is_a_base_and_overlays() -> None:
-    assert kube.K8S / "base" in DIRS
+    assert manifests.K8S / "base" in DIRS
     assert {p.name for p in OVERLAYS} >= {"dev", "production"}
 
 
@@ -127,11 +128,11 @@ def test_overlay_sets_its_namespace_and_keeps_every_base_object(path: Path) -> N
     r = rendered(path)
     assert r.namespace, "an overlay must set a namespace"
     assert r.get("Namespace", r.namespace)
-    base = {kube.ident(res) for res in rendered(kube.K8S / "base").resources}
-    assert base <= {kube.ident(res) for res in r.resources}
+    base = {manifests.ident(res) for res in rendered(manifests.K8S / "base").resources}
+    assert base <= {manifests.ident(res) for res in r.resources}
     for resource in r.resources:
         if resource["kind"] != "Namespace":
-            assert resource["metadata"]["namespace"] == r.namespace, kube.ident(resource)
+            assert resource["metadata"]["namespace"] == r.namespace, manifests.ident(resource)
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=IDS.get)
@@ -140,27 +141,31 @@ def test_every_reference_resolves(path: Path) -> None:
     r = rendered(path)
     workloads = r.workloads()
     for workload in workloads:
-        for container in kube.all_containers(workload):
-            kube.container_env(r, container)  # raises on a missing ConfigMap, Secret or key
+        for container in manifests.all_containers(workload):
+            manifests.container_env(r, container)  # raises on a missing ConfigMap, Secret or key
     for owner in [*r.of_kind("HorizontalPodAutoscaler"), *r.of_kind("ScaledObject")]:
         target = owner["spec"]["scaleTargetRef"]
         assert r.find(target.get("kind", "Deployment"), target["name"]), (
-            f"{kube.ident(owner)} targets nothing"
+            f"{manifests.ident(owner)} targets nothing"
         )
     for service in r.of_kind("Service"):
         selected = [
             w
             for w in workloads
-            if kube.selector_matches({"matchLabels": service["spec"]["selector"]}, kube.pod_labels(w))
+            if manifests.selector_matches(
+                {"matchLabels": service["spec"]["selector"]}, manifests.pod_labels(w)
+            )
         ]
         assert len(selected) == 1, f"Service/{service['metadata']['name']} selects {len(selected)} workloads"
         for port in service["spec"]["ports"]:
             container_port(main_container(selected[0]), port.get("targetPort", port["port"]))
     for pdb in r.of_kind("PodDisruptionBudget"):
         selected = [
-            w for w in workloads if kube.selector_matches(pdb["spec"]["selector"], kube.pod_labels(w))
+            w
+            for w in workloads
+            if manifests.selector_matches(pdb["spec"]["selector"], manifests.pod_labels(w))
         ]
-        assert len(selected) == 1, f"{kube.ident(pdb)} selects {len(selected)} workloads"
+        assert len(selected) == 1, f"{manifests.ident(pdb)} selects {len(selected)} workloads"
     for scaled in r.of_kind("ScaledObject"):
         for trigger in scaled["spec"]["triggers"]:
             auth = r.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
@@ -174,13 +179,13 @@ def test_every_container_has_probes_resources_and_runs_unprivileged(path: Path) 
     """The issue's "every container has probes and resources", plus the restricted Pod Security profile."""
     r = rendered(path)
     for workload in r.workloads():
-        pod = kube.pod_spec(workload)
+        pod = manifests.pod_spec(workload)
         name = workload["metadata"]["name"]
         assert pod.get("automountServiceAccountToken") is False, name
         pod_security = pod.get("securityContext", {})
         assert pod_security.get("runAsNonRoot") is True and pod_security.get("runAsUser", 0) != 0, name
         assert pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
-        for container in kube.all_containers(workload):
+        for container in manifests.all_containers(workload):
             where = f"{name}/{container['name']}"
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 assert probe in container, f"{where} has no {probe}"
@@ -194,7 +199,7 @@ def test_every_container_has_probes_resources_and_runs_unprivileged(path: Path) 
             assert security.get("allowPrivilegeEscalation") is False, where
             assert security.get("capabilities", {}).get("drop") == ["ALL"], where
             assert security.get("readOnlyRootFilesystem") is True, where
-            _, tag, digest = kube.split_image(container["image"])
+            _, tag, digest = manifests.split_image(container["image"])
             assert digest or (tag and tag != "latest"), f"{where}: image {container['image']} is not pinned"
 
 
@@ -230,7 +235,7 @@ def test_etchr_variables_are_real_settings_with_valid_values(path: Path) -> None
     for name, workload in etchr_workloads(r).items():
         container = main_container(workload)
         cls = envcheck.SERVICE_SETTINGS[envcheck.service_of(container["args"])]
-        env = kube.container_env(r, container)
+        env = manifests.container_env(r, container)
         etchr = {k for k in env if k.startswith(envcheck.PREFIX)}
         unknown = etchr - envcheck.env_names(cls)
         assert not unknown, (
@@ -249,21 +254,21 @@ def test_etchr_variables_are_real_settings_with_valid_values(path: Path) -> None
 def test_redis_password_is_the_one_the_services_and_keda_use(path: Path) -> None:
     r = rendered(path)
     redis_container = main_container(r.get("StatefulSet", "redis"))
-    env = kube.container_env(r, redis_container)
-    args = [kube._VAR_REF.sub(lambda m: env[m.group(1)], a) for a in redis_container["args"]]
+    env = manifests.container_env(r, redis_container)
+    args = [manifests._VAR_REF.sub(lambda m: env[m.group(1)], a) for a in redis_container["args"]]
     password = args[args.index("--requirepass") + 1]
     assert password and "$(" not in password
     (scaled,) = r.of_kind("ScaledObject")
     auth = r.get("TriggerAuthentication", scaled["spec"]["triggers"][0]["authenticationRef"]["name"])
     (ref,) = [ref for ref in auth["spec"]["secretTargetRef"] if ref["parameter"] == "password"]
     secret = r.get("Secret", ref["name"])
-    assert kube._secret_value(secret, ref["key"]) == password
+    assert manifests._secret_value(secret, ref["key"]) == password
 
 
 # --- images --------------------------------------------------------------------------------------------
 
 
-def kustomization(path: Path) -> kube.Resource:
+def kustomization(path: Path) -> manifests.Resource:
     return yaml.safe_load((path / "kustomization.yaml").read_text()) or {}
 
 
@@ -283,7 +288,7 @@ def test_only_the_editor_workers_run_the_cuda_image(path: Path) -> None:
     r = rendered(path)
     for name, workload in etchr_workloads(r).items():
         container = main_container(workload)
-        image = source_image(path, kube.split_image(container["image"])[0])
+        image = source_image(path, manifests.split_image(container["image"])[0])
         assert image == images.image_for(command_of(container)[1:]), f"{name} runs {image}"
     front, verifier, reward, worker = (
         main_container(r.get("Deployment", name))["image"]
@@ -301,9 +306,9 @@ def test_image_entries_name_the_images_built_here() -> None:
         assert named <= set(images.DOCKERFILES), f"{IDS[path]}: {sorted(named - set(images.DOCKERFILES))}"
         if entries:
             used = {
-                source_image(path, kube.split_image(c["image"])[0])
+                source_image(path, manifests.split_image(c["image"])[0])
                 for w in etchr_workloads(rendered(path)).values()
-                for c in kube.all_containers(w)
+                for c in manifests.all_containers(w)
             }
             assert used <= named, f"{IDS[path]} sets no tag for {sorted(used - named)}"
             assert len({str(entry.get("newTag")) for entry in entries}) == 1, "one release, one tag"
@@ -330,7 +335,7 @@ def test_editor_workers_get_a_gpu_a_model_load_window_and_time_to_drain(path: Pa
             envcheck.SERVICE_SETTINGS["editor"].model_fields["queue_reclaim_s"].default,
         )
     )
-    grace = kube.pod_spec(worker)["terminationGracePeriodSeconds"]
+    grace = manifests.pod_spec(worker)["terminationGracePeriodSeconds"]
     assert grace >= reclaim_s, (
         "a worker being removed must be allowed to finish any batch that is not yet reclaimable"
     )
@@ -371,7 +376,7 @@ def test_keda_scales_editor_workers_on_the_editor_stream(path: Path) -> None:
 
     # The stream the workers read: the editor's queue contract (etchr_editor.jobs, which the front and the
     # workers both use), configured from the workers' own settings.
-    env = kube.container_env(r, main_container(worker))
+    env = manifests.container_env(r, main_container(worker))
     settings = envcheck.load(envcheck.SERVICE_SETTINGS["editor"], env)
     queue = editor_queue(aioredis.Redis(), settings)
     assert queue.stream.startswith(f"{settings.redis_prefix}:{QUEUE_NAME}:")
@@ -403,12 +408,14 @@ def test_disruption_budgets_never_block_a_drain(path: Path) -> None:
     assert set(EXPECTED_COMMANDS) <= names
     for pdb in r.of_kind("PodDisruptionBudget"):
         (workload,) = [
-            w for w in r.workloads() if kube.selector_matches(pdb["spec"]["selector"], kube.pod_labels(w))
+            w
+            for w in r.workloads()
+            if manifests.selector_matches(pdb["spec"]["selector"], manifests.pod_labels(w))
         ]
         if "minAvailable" in pdb["spec"]:
-            assert pdb["spec"]["minAvailable"] < min_replicas(r, workload), kube.ident(pdb)
+            assert pdb["spec"]["minAvailable"] < min_replicas(r, workload), manifests.ident(pdb)
         else:
-            assert pdb["spec"]["maxUnavailable"] >= 1, kube.ident(pdb)
+            assert pdb["spec"]["maxUnavailable"] >= 1, manifests.ident(pdb)
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=IDS.get)
@@ -418,19 +425,25 @@ def test_network_policies_allow_exactly_the_intended_traffic(path: Path) -> None
     assert ns
     workloads = {w["metadata"]["name"]: w for w in r.workloads()}
     redis = workloads["redis"]
-    outsider = kube.Peer("someone-else", {"app": "curious"})
+    outsider = manifests.Peer("someone-else", {"app": "curious"})
     for name in EXPECTED_COMMANDS:
-        assert kube.ingress_allowed(r, redis, 6379, kube.Peer(ns, kube.pod_labels(workloads[name]))), name
-    assert kube.ingress_allowed(r, redis, 6379, kube.Peer("keda")), "KEDA's operator reads the stream"
-    assert not kube.ingress_allowed(r, redis, 6379, outsider)
-    assert not kube.ingress_allowed(r, redis, 6379, kube.Peer(ns, {"app": "unrelated"}))
+        assert manifests.ingress_allowed(
+            r, redis, 6379, manifests.Peer(ns, manifests.pod_labels(workloads[name]))
+        ), name
+    assert manifests.ingress_allowed(r, redis, 6379, manifests.Peer("keda")), (
+        "KEDA's operator reads the stream"
+    )
+    assert not manifests.ingress_allowed(r, redis, 6379, outsider)
+    assert not manifests.ingress_allowed(r, redis, 6379, manifests.Peer(ns, {"app": "unrelated"}))
     for name in ("editor", "verifier", "reward"):
         port = container_port(main_container(workloads[name]), "http")
-        assert kube.ingress_allowed(r, workloads[name], port, outsider), f"{name}:{port} is the public API"
-        assert not kube.ingress_allowed(r, workloads[name], port + 1000, outsider)
+        assert manifests.ingress_allowed(r, workloads[name], port, outsider), (
+            f"{name}:{port} is the public API"
+        )
+        assert not manifests.ingress_allowed(r, workloads[name], port + 1000, outsider)
     metrics = container_port(main_container(workloads["editor-worker"]), "metrics")
-    assert kube.ingress_allowed(r, workloads["editor-worker"], metrics, kube.Peer("monitoring"))
-    assert not kube.ingress_allowed(r, workloads["editor-worker"], metrics, outsider)
+    assert manifests.ingress_allowed(r, workloads["editor-worker"], metrics, manifests.Peer("monitoring"))
+    assert not manifests.ingress_allowed(r, workloads["editor-worker"], metrics, outsider)
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=IDS.get)
@@ -439,7 +452,7 @@ def test_worker_metrics_port_is_the_setting_it_probes(path: Path) -> None:
     and readiness wait on /readyz (the model loaded), liveness asks /healthz."""
     r = rendered(path)
     container = main_container(r.get("Deployment", "editor-worker"))
-    settings = envcheck.load(envcheck.SERVICE_SETTINGS["editor"], kube.container_env(r, container))
+    settings = envcheck.load(envcheck.SERVICE_SETTINGS["editor"], manifests.container_env(r, container))
     assert settings.editor_worker_metrics_port == container_port(container, "metrics") != 0
     for probe, path_ in (
         ("startupProbe", "/readyz"),
@@ -450,7 +463,7 @@ def test_worker_metrics_port_is_the_setting_it_probes(path: Path) -> None:
 
 
 def test_production_secrets_template_names_only_known_variables() -> None:
-    example = kube.K8S / "overlays/production/secrets.env.example"
+    example = manifests.K8S / "overlays/production/secrets.env.example"
     keys = {
         line.split("=", 1)[0]
         for line in example.read_text().splitlines()
@@ -459,7 +472,7 @@ def test_production_secrets_template_names_only_known_variables() -> None:
     etchr = {k for k in keys if k.startswith(envcheck.PREFIX)}
     assert etchr <= envcheck.all_env_names(), sorted(etchr - envcheck.all_env_names())
     assert keys - etchr <= {"REDIS_PASSWORD", "HF_TOKEN"}
-    ignored = (kube.K8S / "overlays/production/.gitignore").read_text().split()
+    ignored = (manifests.K8S / "overlays/production/.gitignore").read_text().split()
     assert "secrets.env" in ignored, "the real secrets file must stay out of git"
 
 
@@ -467,57 +480,68 @@ def test_production_secrets_template_names_only_known_variables() -> None:
 
 
 def test_validation_rejects_unknown_fields_in_builtin_and_keda_objects() -> None:
-    r = rendered(kube.K8S / "base")
+    r = rendered(manifests.K8S / "base")
     worker = copy.deepcopy(r.get("Deployment", "editor-worker"))
-    kube.pod_spec(worker)["containers"][0]["livenesProbe"] = {}
+    manifests.pod_spec(worker)["containers"][0]["livenesProbe"] = {}
     with pytest.raises(jsonschema.ValidationError):
-        kube.validate(worker)
+        manifests.validate(worker)
     (scaled,) = copy.deepcopy(r.of_kind("ScaledObject"))
     scaled["spec"]["minReplicas"] = 1  # KEDA's field is minReplicaCount
     with pytest.raises(jsonschema.ValidationError):
-        kube.validate(scaled)
+        manifests.validate(scaled)
     auth = copy.deepcopy(r.of_kind("TriggerAuthentication")[0])
     auth["spec"]["secretTargetRef"][0]["paramater"] = "password"
     with pytest.raises(jsonschema.ValidationError):
-        kube.validate(auth)
+        manifests.validate(auth)
 
 
-def test_renderer_rejects_a_patch_for_a_missing_object_and_unemulated_fields(tmp_path: Path) -> None:
+def test_kustomize_rejects_a_patch_for_a_missing_object(tmp_path: Path) -> None:
+    """A patch whose target was renamed away must fail the render, not silently patch nothing."""
     copy_root = tmp_path / "k8s"
-    shutil.copytree(kube.K8S, copy_root)
-    overlay = copy_root / "overlays/dev"
-    small = overlay / "small.yaml"
+    shutil.copytree(manifests.K8S, copy_root)
+    small = copy_root / "overlays/dev/small.yaml"
     small.write_text(small.read_text().replace("name: editor\n", "name: editr\n", 1))
-    with pytest.raises(kube.RenderError, match="editr"):
-        kube.render(overlay)
-    small.write_text((kube.K8S / "overlays/dev/small.yaml").read_text())
-    kfile = overlay / "kustomization.yaml"
-    kfile.write_text(kfile.read_text() + "commonLabels:\n  team: x\n")
-    with pytest.raises(kube.RenderError, match="commonLabels"):
-        kube.render(overlay)
+    with pytest.raises(manifests.RenderError, match="editr"):
+        manifests.render(copy_root / "overlays/dev")
 
 
-def test_renderer_applies_patches_like_kustomize() -> None:
-    r = rendered(kube.K8S / "overlays/production")
-    volumes = {v["name"]: v for v in kube.pod_spec(r.get("Deployment", "editor-worker"))["volumes"]}
+def test_production_patches_land_as_a_strategic_merge() -> None:
+    """What kustomize's merge does to the production overlay's patches, as the cluster will get it."""
+    r = rendered(manifests.K8S / "overlays/production")
+    volumes = {v["name"]: v for v in manifests.pod_spec(r.get("Deployment", "editor-worker"))["volumes"]}
     assert volumes["models"] == {"name": "models", "persistentVolumeClaim": {"claimName": "etchr-models"}}
     assert "tmp" in volumes, "a strategic merge keeps the list items it does not name"
     assert r.get("Deployment", "editor")["spec"]["replicas"] == 3
-    base = rendered(kube.K8S / "base").get("Deployment", "editor")
-    assert (
-        kube.strategic_merge(base, {"spec": {"replicas": None}}, builtin=True)["spec"].get("replicas") is None
+
+
+def test_the_secrets_file_an_operator_fills_in_is_what_renders(tmp_path: Path) -> None:
+    """Where secrets.env exists (an operator copied the example), kustomize reads it, not the example."""
+    copy_root = tmp_path / "k8s"
+    shutil.copytree(manifests.K8S, copy_root)
+    overlay = copy_root / "overlays/production"
+    example = (overlay / "secrets.env.example").read_text()
+    (overlay / "secrets.env").write_text(
+        "\n".join(
+            "REDIS_PASSWORD=0123abcd" if line.startswith("REDIS_PASSWORD=") else line
+            for line in example.splitlines()
+        )
     )
+    secret = manifests.render(overlay).get("Secret", "etchr-secrets")
+    assert manifests._secret_value(secret, "REDIS_PASSWORD") == "0123abcd"
+    (overlay / "secrets.env").unlink()
+    with pytest.raises(manifests.RenderError, match=r"secrets\.env"):
+        manifests.render(overlay)  # outside k8s/ nothing stands in for a missing file
 
 
 def test_hash_suffixed_secret_would_break_keda_and_is_caught(tmp_path: Path) -> None:
     """kustomize renames a generated Secret in pod specs, not in KEDA's CRDs: the suffix must stay off."""
     copy_root = tmp_path / "k8s"
-    shutil.copytree(kube.K8S, copy_root)
+    shutil.copytree(manifests.K8S, copy_root)
     kfile = copy_root / "overlays/dev/kustomization.yaml"
     kfile.write_text(kfile.read_text().replace("disableNameSuffixHash: true", "disableNameSuffixHash: false"))
-    r = kube.render(copy_root / "overlays/dev")
+    r = manifests.render(copy_root / "overlays/dev")
     (auth,) = r.of_kind("TriggerAuthentication")
     assert r.find("Secret", auth["spec"]["secretTargetRef"][0]["name"]) is None
     assert r.find("Secret", "etchr-secrets") is None
-    env = kube.container_env(r, main_container(r.get("Deployment", "verifier")))  # pods were rewritten
+    env = manifests.container_env(r, main_container(r.get("Deployment", "verifier")))  # pods were rewritten
     assert env["ETCHR_API_KEYS"] == "dev-token"

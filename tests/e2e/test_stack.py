@@ -150,15 +150,17 @@ def test_without_an_mllm_the_verifier_and_reward_say_what_to_set(stack: Stack) -
             stack.wait_ready(service, "/healthz")
             ready = httpx.get(f"{service.url}/readyz", timeout=10)
             assert "ETCHR_MLLM_BASE_URL" in assert_error(ready, 503, "not_ready")["message"]
-            assert int(ready.headers["retry-after"]) > 0
+            assert "retry-after" not in ready.headers  # a configuration fix, not a wait
         verifier, reward = services
         for overrides in ({"mode": "evr"}, {"mode": "direct"}, {"mode": "evr", "task": "auto"}):
             response = ask(verifier.url, **overrides)
             error = assert_error(response, 503, "mllm_not_configured")
-            assert "ETCHR_MLLM_BASE_URL" in error["message"] and int(response.headers["retry-after"]) > 0
+            assert "ETCHR_MLLM_BASE_URL" in error["message"] and "retry-after" not in response.headers
+            assert response.headers["x-should-retry"] == "false"  # a configuration fix, not a wait (issue 17)
         response = post_reward(reward.url, reward_body([png((1, 1, 0))]))
         error = assert_error(response, 503, "mllm_not_configured")
-        assert "ETCHR_MLLM_BASE_URL" in error["message"] and int(response.headers["retry-after"]) > 0
+        assert "ETCHR_MLLM_BASE_URL" in error["message"] and "retry-after" not in response.headers
+        assert response.headers["x-should-retry"] == "false"
         assert stack.mllm.requests == []
         assert "never retrieved" not in verifier.log()  # the failed speculative answer is handled, not leaked
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +215,14 @@ def test_bad_lora_paths_give_clear_errors(tiny_editor_dir: Path, tmp_path: Path)
     )
     with pytest.raises(ValueError, match="foreign-lora"):
         load_editor(str(tiny_editor_dir), loras=[str(foreign)], device="cpu")
+
+
+def test_the_tiny_checkpoint_is_readable_by_another_uid(tiny_editor_dir: Path) -> None:
+    """A container runs the editor as UID 10001 over a mounted checkpoint: every file must be world-readable
+    under the usual umask (the weight saver writes 0600 temporaries otherwise)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [path for path in tiny_editor_dir.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".safetensors" for path in files)
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

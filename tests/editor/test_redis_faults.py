@@ -69,7 +69,7 @@ def test_redis_out_of_memory_gives_503_not_ready_and_recovers(editor: str, own_r
         assert_redis_refused(http.post("/v1/images/edits", data={"prompt": QUESTION}, files=files))
         not_ready = http.get("/readyz")
         assert not_ready.status_code == 503, not_ready.text
-        assert int(not_ready.headers["retry-after"]) > 0
+        assert "retry-after" not in not_ready.headers  # probes poll on their own schedule
         assert not_ready.json()["error"]["type"] == "not_ready"
         assert "memory" in not_ready.json()["error"]["message"]
         assert http.get("/healthz").status_code == 200

@@ -26,6 +26,9 @@ from tests.support.mllm_server import ScriptedMLLM
 from tests.support.redis_server import RedisServer
 from tests.support.servers import AppLauncher, UvicornThread, mllm_wiring
 from tests.verifier.conftest import Script, VerifierFactory
+from tests.verifier.conftest import (
+    slow_editor_url as slow_editor_url,  # the slowed editor, for the progress bar
+)
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver

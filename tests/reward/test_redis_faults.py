@@ -63,7 +63,7 @@ def test_redis_out_of_memory_gives_503_not_ready_and_recovers(
         assert_redis_refused(http.post("/filter", json={"items": [filter_item("new", (4, 0))], "k": 4}))
         not_ready = http.get("/readyz")
         assert not_ready.status_code == 503, not_ready.text
-        assert int(not_ready.headers["retry-after"]) > 0
+        assert "retry-after" not in not_ready.headers  # probes poll on their own schedule
         assert "memory" in not_ready.json()["error"]["message"]
         # Scores already cached need no write: they are still served.
         again = http.post("/reward", json=cached)

@@ -13,11 +13,18 @@ Failure injection: ``Reply(status=503)`` (an error body), ``Reply(content=None)`
 ``Reply(content=[])`` (``"choices": []``), ``Reply(content="   ")`` (blank), ``Reply(content="x" * 10**7)``
 (oversized), ``Reply(finish_reason="length")`` (cut at max_tokens), ``Reply(delay_s=...)`` (slow); and
 ``fail_next`` / ``reply_next`` to answer the next requests that way before the responder is consulted.
+
+``stream: true`` requests are answered as vLLM and OpenAI stream: a role chunk, the content in word-sized
+pieces (``Reply.piece_delay_s`` apart), a chunk with the finish_reason, the usage chunk when
+``stream_options.include_usage`` asks for it, then ``[DONE]``; ``Reply.cut_after`` drops the connection
+after that many pieces (a backend dying mid-reply).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 import time
 import uuid
@@ -27,7 +34,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tests.support.servers import UvicornThread
 
@@ -75,6 +82,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)  # e.g. {"retry-after-ms": "1"}
     # "length" mimics a reply cut at max_tokens; a list gives one finish_reason per choice.
     finish_reason: str | list[str] = "stop"
+    piece_delay_s: float = 0.0  # streamed replies: the pause before each piece of content
+    cut_after: int | None = None  # streamed replies: the connection drops after this many pieces
 
 
 Responder = Callable[[RecordedRequest], Reply | str]
@@ -226,7 +235,7 @@ class ScriptedMLLM:
             }
 
         @app.post("/v1/chat/completions")
-        async def chat_completions(request: Request) -> JSONResponse:
+        async def chat_completions(request: Request) -> Response:
             body = await request.json()
             recorded = _record(body, {key.lower(): value for key, value in request.headers.items()})
             with self._lock:
@@ -258,7 +267,7 @@ class ScriptedMLLM:
         while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(left, 0.05))
 
-    def _respond(self, request: RecordedRequest, reply: Reply) -> JSONResponse:
+    def _respond(self, request: RecordedRequest, reply: Reply) -> Response:
         if reply.status != 200:
             custom = isinstance(reply.content, str) and reply.content != "ok"
             message = reply.content if custom else f"{HTTPStatus(reply.status).phrase} (scripted)"
@@ -279,16 +288,54 @@ class ScriptedMLLM:
         ]
         prompt_tokens = len(request.text.split()) + 256 * request.image_count
         completion_tokens = sum(len((content or "").split()) for content in contents)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if request.body.get("stream"):
+            return StreamingResponse(
+                self._stream(request, reply, contents, usage), media_type="text/event-stream"
+            )
         body = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.model,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage,
         }
         return JSONResponse(body, headers=reply.headers)
+
+    async def _stream(
+        self, request: RecordedRequest, reply: Reply, contents: list[str | None], usage: dict[str, int]
+    ) -> Any:
+        """The reply as server-sent chunks (first choice only: streaming callers ask for one)."""
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            body = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": request.model,
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(body)}\n\n".encode()
+
+        def delta(content: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": content, "finish_reason": finish, "logprobs": None}]
+
+        yield chunk(delta({"role": "assistant", "content": ""}))
+        text = contents[0] if contents else None
+        for count, piece in enumerate(re.findall(r"\S+\s*|\s+", text or ""), start=1):
+            await self._sleep(reply.piece_delay_s)
+            yield chunk(delta({"content": piece}))
+            if reply.cut_after is not None and count >= reply.cut_after:
+                raise ConnectionResetError("scripted: the backend died mid-reply")
+        finish = reply.finish_reason[0] if isinstance(reply.finish_reason, list) else reply.finish_reason
+        yield chunk(delta({}, finish))
+        if (request.body.get("stream_options") or {}).get("include_usage"):
+            yield chunk([], usage=usage)
+        yield b"data: [DONE]\n\n"

@@ -261,5 +261,3 @@ def test_openai_chat_facade(verifier: VerifierFactory, mllm: ScriptedMLLM) -> No
         client.chat.completions.create(model="etchr", messages=[user_turn("http://example.invalid/x.png")])  # type: ignore[list-item]
     with pytest.raises(openai.BadRequestError, match="unknown model"):
         client.chat.completions.create(model="etchr-astrology", messages=[user_turn(image_url)])  # type: ignore[list-item]
-    with pytest.raises(openai.BadRequestError, match="stream"):
-        client.chat.completions.create(model="etchr", messages=[user_turn(image_url)], stream=True)  # type: ignore[list-item]

@@ -6,18 +6,22 @@ front runs from the slim image on many replicas. ``etchr_editor.service`` adds t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Protocol
 
+import anyio
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, FastAPI, Request
+import redis.exceptions
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -25,19 +29,22 @@ from starlette.datastructures import UploadFile
 from etchr.http import ServiceError, redis_readiness, require_api_key
 from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, decode_base64_image, decode_image_bytes, to_model_size
+from etchr.model_names import BASE_MODEL, UnknownModel, task_for_model
 from etchr.protocol import MAX_KEYWORD_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
 from etchr.protocol.edit import (
+    EditProgress,
     EditRequest,
     EditResponse,
     EditTask,
     EditTimings,
     JobAccepted,
+    JobCancelResponse,
     JobStatusResponse,
     OpenAIImage,
     OpenAIImagesResponse,
     OutputFormat,
 )
-from etchr.queue import JobQueue, JobRecord, JobStatus, QueueFull
+from etchr.queue import FINISHED, CancelOutcome, JobProgress, JobQueue, JobRecord, JobStatus, QueueFull
 from etchr.redis_client import connect_redis
 from etchr.settings import EditorSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
@@ -48,6 +55,9 @@ from etchr_editor.metrics import EditorMetrics
 logger = logging.getLogger("etchr.editor.api")
 
 RETRY_AFTER_FULL_S = "5"
+EVENTS_POLL_S = 0.1  # how often an event stream re-reads its job (one small Redis round trip)
+WAITER_TTL_S = 15.0  # an event stream's waiter token lapses this long after its last refresh
+WAITER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class HostedWorker(QueueWorker, Protocol):
@@ -177,6 +187,8 @@ async def await_result(runtime: EditorRuntime, job: EditJob) -> EditResponse:
             f"edit {job.id} did not finish within {deadline:g} s (ETCHR_EDITOR_DEADLINE_S); "
             f"it is still queued or running: poll GET /jobs/{job.id}",
         )
+    if record.cancelled:
+        raise ServiceError(409, "job_cancelled", f"edit {job.id} was cancelled: {record.error}")
     if record.status is JobStatus.FAILED:
         raise ServiceError(500, "edit_failed", f"edit {job.id} failed: {record.error}")
     return build_response(record, finished_ms=_now_ms())
@@ -199,15 +211,117 @@ async def create_job(body: EditRequest, runtime: EditorRuntime = Depends(get_run
     return JobAccepted(id=job.id)
 
 
+def edit_progress(progress: JobProgress) -> EditProgress:
+    """The public view of a job's progress: queue position while queued, step i of N while running."""
+    record = progress.record
+    return EditProgress(
+        status=record.status.value,
+        queue_position=progress.queue_position,
+        step=progress.step,
+        steps=progress.steps,
+        cancelled=True if record.cancelled else None,
+    )
+
+
+def _not_found(job_id: str) -> ServiceError:
+    return ServiceError(404, "not_found", f"no job {job_id!r} (unknown, or its result expired)")
+
+
+async def existing_job(job_id: str, runtime: EditorRuntime = Depends(get_runtime)) -> JobProgress:
+    """The job's record and progress, or 404 before any response starts (an event stream cannot 404 later)."""
+    progress = await runtime.queue.progress(job_id)
+    if progress is None:
+        raise _not_found(job_id)
+    return progress
+
+
 @router.get("/jobs/{job_id}", response_model=JobStatusResponse, response_model_exclude_none=True)
-async def get_job(job_id: str, runtime: EditorRuntime = Depends(get_runtime)) -> JobStatusResponse:
-    record = await runtime.queue.get(job_id)
-    if record is None:
-        raise ServiceError(404, "not_found", f"no job {job_id!r} (unknown, or its result expired)")
-    response = JobStatusResponse(id=job_id, status=record.status.value, error=record.error)
+async def get_job(job_id: str, progress: JobProgress = Depends(existing_job)) -> JobStatusResponse:
+    record = progress.record
+    response = JobStatusResponse(
+        id=job_id, status=record.status.value, progress=edit_progress(progress), error=record.error
+    )
     if record.status is JobStatus.DONE:
         response.result = build_response(record)
     return response
+
+
+# Its errors (404 before the stream starts, 401, 422) are JSON, not events: say so in the OpenAPI document.
+_JSON_ERRORS = {
+    status: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for status in ("4XX", "5XX")
+}
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, responses=_JSON_ERRORS)  # type: ignore[arg-type]
+async def job_events(
+    job_id: str,
+    waiter: str | None = Query(
+        default=None,
+        pattern=WAITER_PATTERN,
+        description="the follower's token: DELETE /jobs/{id}?waiter=<it> cancels only if no one else follows",
+    ),
+    first: JobProgress = Depends(existing_job),
+    runtime: EditorRuntime = Depends(get_runtime),
+) -> AsyncIterable[ServerSentEvent]:
+    """Stream the job's ``EditProgress`` as server-sent events, one per change, until it is done or failed
+    (the last event); fetch the result with ``GET /jobs/{id}``. While streaming, the follower counts as a
+    waiter of the job, so another follower's ``DELETE ?waiter=`` leaves the job running."""
+    queue = runtime.queue
+    token = waiter or uuid.uuid4().hex
+    await queue.add_waiter(job_id, token, WAITER_TTL_S)
+    refreshed = time.monotonic()
+    current: JobProgress | None = first
+    last: EditProgress | None = None
+    try:
+        while current is not None:
+            progress = edit_progress(current)
+            if progress != last:
+                yield ServerSentEvent(raw_data=progress.model_dump_json(exclude_none=True))
+                last = progress
+            if current.record.status in FINISHED:
+                return
+            await asyncio.sleep(EVENTS_POLL_S)
+            if time.monotonic() - refreshed > WAITER_TTL_S / 3:
+                await queue.add_waiter(job_id, token, WAITER_TTL_S)
+                refreshed = time.monotonic()
+            current = await queue.progress(job_id)  # None: the record expired under a very long stream
+    finally:
+        # Also on a client's disconnect, when this task is being cancelled: shield the last write.
+        with anyio.CancelScope(shield=True), suppress(redis.exceptions.RedisError):
+            await queue.remove_waiter(job_id, token)
+
+
+@router.delete("/jobs/{job_id}", response_model=JobCancelResponse)
+async def cancel_job(
+    job_id: str,
+    waiter: str | None = Query(
+        default=None,
+        pattern=WAITER_PATTERN,
+        description="cancel only if no follower but this one (its /events token) still waits for the job",
+    ),
+    runtime: EditorRuntime = Depends(get_runtime),
+) -> JobCancelResponse:
+    """Cancel a queued job (the worker skips it) or a running one (its result is dropped when its batch
+    ends). Cancelling a finished job changes nothing (``cancelled: false``)."""
+    outcome = await runtime.queue.cancel(job_id, f"cancelled by DELETE /jobs/{job_id}", waiter=waiter)
+    if outcome is CancelOutcome.UNKNOWN:
+        raise _not_found(job_id)
+    record = await runtime.queue.get(job_id)
+    if record is None:
+        raise _not_found(job_id)
+    detail = {
+        CancelOutcome.CANCELLED: "cancelled",
+        CancelOutcome.WATCHED: "left running: another follower still waits for it",
+        CancelOutcome.DONE: "already done",
+        CancelOutcome.FAILED: "already failed" if not record.cancelled else "already cancelled",
+    }[outcome]
+    return JobCancelResponse(
+        id=job_id,
+        cancelled=outcome is CancelOutcome.CANCELLED,
+        status=record.status.value,
+        detail=detail,
+    )
 
 
 class OpenAIEditForm(BaseModel):
@@ -228,14 +342,25 @@ _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
 def _openai_task(model: str | None) -> EditTask:
-    """``model`` may name the task: ``etchr-logic`` or ``logic``; absent means ``perception``."""
-    if model is None or model in ("", "etchr"):
+    """``model`` names the task by the one rule (``etchr.model_names``): ``etchr-logic`` or ``logic``;
+    absent means ``perception``. ``etchr`` (routing) and ``etchr-none`` are the verifier's: the editor
+    cannot route and always edits."""
+    if not model:
         return "perception"
-    name = model.removeprefix("etchr-")
-    if name in TASK_IDS:
-        return name  # type: ignore[return-value]
-    valid = ", ".join(f"etchr-{task}" for task in TASK_IDS)
-    raise ServiceError(400, "invalid_field", f"unknown model {model!r}; use one of: {valid}")
+    valid = ", ".join(f"{BASE_MODEL}-{task}" for task in TASK_IDS)
+    try:
+        task = task_for_model(model)
+    except UnknownModel as exc:
+        raise ServiceError(400, "invalid_field", f"{exc} (the editor takes {valid})", param="model") from None
+    if task not in TASK_IDS:
+        raise ServiceError(
+            400,
+            "invalid_field",
+            f"model {model!r} asks the verifier to route or not to edit; the editor edits one named "
+            f"family: use one of {valid}",
+            param="model",
+        )
+    return task  # type: ignore[return-value]
 
 
 def _openai_size(size: str | None) -> tuple[int, int] | None:

@@ -16,7 +16,7 @@ there is one sampler in the project.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,10 @@ from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu,
 from diffusers.utils.torch_utils import randn_tensor
 
 MIN_SIDE = 64  # the pipeline's image processor rejects smaller reference images
+
+# Called from the sampling thread after every denoising step with each request's steps done (0..steps; a
+# request whose rows span several chunks advances by its share of rows). It must be cheap and not block.
+StepCallback = Callable[[list[int]], None]
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,14 @@ class BatchedSampler:
         return self._device if self._device is not None else self.pipe._execution_device
 
     @torch.inference_mode()
-    def sample(self, requests: Sequence[SampleRequest]) -> list[list[PIL.Image.Image]]:
+    def sample(
+        self, requests: Sequence[SampleRequest], *, on_step: StepCallback | None = None
+    ) -> list[list[PIL.Image.Image]]:
         """Per request, one image per seed, each the size of the request's image.
 
         All requests must share ``batch_key``; rows (request × seed) run in chunks of ``max_rows``.
+        ``on_step`` hears every request's progress after each step (see ``StepCallback``); it reads no
+        tensor, so it adds no GPU sync: steps are counted as the host queues them.
         """
         if not requests:
             return []
@@ -111,11 +119,14 @@ class BatchedSampler:
         encoded = self.encode_requests(requests)
         rows = [(index, seed) for index, request in enumerate(requests) for seed in request.seeds]
         outputs: list[list[PIL.Image.Image]] = [[] for _ in requests]
+        steps = requests[0].steps
+        row_steps = [0] * len(requests)  # denoising steps done, summed over each request's rows
         for start in range(0, len(rows), self.max_rows):
             chunk = rows[start : start + self.max_rows]
             cond = self.rows_conditioning(encoded, chunk)
             latents = self.initial_latents([seed for _, seed in chunk], cond.width, cond.height)
-            latents = self.denoise(cond, latents, requests[0].steps)
+            hook = None if on_step is None else _progress_hook(requests, chunk, row_steps, on_step)
+            latents = self.denoise(cond, latents, steps, on_step=hook)
             for (i, _), image in zip(chunk, self.decode(latents, cond.width, cond.height), strict=True):
                 outputs[i].append(image)
         return outputs
@@ -291,11 +302,20 @@ class BatchedSampler:
         combined = negative.float() + cond.guidance * (positive.float() - negative.float())
         return combined.to(prediction.dtype)
 
-    def denoise(self, cond: Conditioning, latents: torch.Tensor, steps: int) -> torch.Tensor:
-        """The deterministic Euler (ODE) loop of the pipeline."""
+    def denoise(
+        self,
+        cond: Conditioning,
+        latents: torch.Tensor,
+        steps: int,
+        *,
+        on_step: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """The deterministic Euler (ODE) loop of the pipeline; ``on_step(i)`` after step i (1..steps)."""
         scheduler, timesteps = self.schedule(steps, cond.width, cond.height)
-        for t in timesteps:
+        for i, t in enumerate(timesteps, start=1):
             latents = scheduler.step(self.velocity(cond, latents, t), t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i)
         return latents
 
     @torch.no_grad()
@@ -345,6 +365,25 @@ class BatchedSampler:
                 raise ValueError(f"steps must be >= 1, got {request.steps}")
             if not request.seeds:
                 raise ValueError("a request needs at least one seed")
+
+
+def _progress_hook(
+    requests: Sequence[SampleRequest],
+    chunk: Sequence[tuple[int, int]],
+    row_steps: list[int],
+    on_step: StepCallback,
+) -> Callable[[int], None]:
+    """The per-step hook of one chunk: adds the chunk's rows to each request's count (``row_steps``, shared
+    across chunks) and reports whole steps per request, so a request split over chunks ends at ``steps``."""
+    chunk_rows = [sum(1 for i, _ in chunk if i == index) for index in range(len(requests))]
+    seeds = [len(request.seeds) for request in requests]
+
+    def hook(_step: int) -> None:
+        for index, count in enumerate(chunk_rows):
+            row_steps[index] += count
+        on_step([done // n for done, n in zip(row_steps, seeds, strict=True)])
+
+    return hook
 
 
 def _rgb(image: PIL.Image.Image) -> PIL.Image.Image:

@@ -11,6 +11,7 @@ and the real scheduler configuration. It draws noise, not pictures, and runs a 6
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -200,4 +201,15 @@ def save_tiny_editor(
     if fit_vae:
         fit_tiny_vae(pipe.vae, seed=seed, progress=progress)
     pipe.save_pretrained(path)
+    _readable_as_umask_allows(path)
     return path
+
+
+def _readable_as_umask_allows(path: Path) -> None:
+    """Give the weight files the mode the umask allows (usually 0644): the saver writes them through a
+    private temporary file (0600), which a container running as another UID could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in path.rglob("*"):
+        if file.is_file():
+            file.chmod(0o666 & ~umask)

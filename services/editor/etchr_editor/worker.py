@@ -28,6 +28,7 @@ from etchr.workers import run_worker_process
 from etchr_editor.jobs import EDITOR_FAILED, MALFORMED_JOB, EditJob, EditResult, editor_queue, read_job
 from etchr_editor.metrics import EditorMetrics
 from etchr_editor.model import LoadedEditor, load_editor
+from etchr_editor.progress import ProgressPublisher
 from etchr_editor.sampler import BatchedSampler, SampleRequest
 
 logger = logging.getLogger("etchr.editor.worker")
@@ -229,10 +230,19 @@ class EditorWorker:
     async def _run_group(self, group: list[_Work]) -> None:
         assert self.sampler is not None and self.editor is not None
         rows = sum(len(work.job.seeds) for work in group)
+        steps = group[0].job.steps
+        job_ids = [work.job.id for work in group]
+        publisher = task = None
+        if self.settings.editor_progress:
+            publisher = ProgressPublisher(self.queue, asyncio.get_running_loop())
+            await publisher.publish({job_id: (0, steps) for job_id in job_ids})
+            task = asyncio.create_task(publisher.run())
         started_ms = int(time.time() * 1000)
         started = time.perf_counter()
         try:
-            outputs = await asyncio.to_thread(self.sampler.sample, [work.request for work in group])
+            on_step = publisher.reporter(job_ids, steps) if publisher is not None else None
+            requests = [work.request for work in group]
+            outputs = await asyncio.to_thread(self.sampler.sample, requests, on_step=on_step)
         except Exception as exc:
             logger.exception("sampler failed on a batch of %d jobs", len(group))
             for work in group:
@@ -240,7 +250,13 @@ class EditorWorker:
                 await self.queue.fail(work.delivery, message, retry_s=self.queue.reclaim_idle_s)
                 self.metrics.jobs.labels("failed").inc()
             return
+        finally:
+            if publisher is not None and task is not None:
+                publisher.stop()
+                await task
         infer_s = time.perf_counter() - started
+        if publisher is not None:  # N of N, whatever the throttle left unsent, before the result lands
+            await publisher.publish({job_id: (steps, steps) for job_id in job_ids})
         self.metrics.infer.observe(infer_s)
         self.metrics.batch_rows.observe(rows)
         model_info = {**self.editor.info, "steps": group[0].job.steps}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from redis import exceptions as redis_exceptions
 
-from etchr.http import ServiceError
+from etchr.http import NO_RETRY_HEADERS, ServiceError
 from etchr.protocol.reward import RewardUsage
 from etchr.queue import JobQueue, JobRecord, JobStatus
 from etchr_reward.jobs import ERROR_STATUS, ImageStore, QueryError, lock_key, query_fields
@@ -39,11 +39,13 @@ class Resolution:
 
 
 class QueryDispatcher:
-    def __init__(self, queue: JobQueue, metrics: RewardMetrics, *, deadline_s: float) -> None:
+    def __init__(
+        self, queue: JobQueue, metrics: RewardMetrics, *, deadline_s: float, images: ImageStore | None = None
+    ) -> None:
         self.queue = queue
         self.metrics = metrics
         self.deadline_s = deadline_s
-        self.images = ImageStore.for_deadline(queue, deadline_s)
+        self.images = images or ImageStore.for_deadline(queue, deadline_s)
 
     async def resolve(self, queries: Sequence[PendingQuery]) -> Resolution:
         """Every query's result, or a ServiceError (503/502/504) — never a partial or invented score."""
@@ -92,9 +94,7 @@ class QueryDispatcher:
         image_keys: list[str] = []
         try:
             if shown:  # before the entries that name them, so a worker never reads an entry ahead of them
-                async with redis.pipeline(transaction=False) as pipe:
-                    image_keys = self.images.put(pipe, owner, shown)
-                    await pipe.execute()
+                image_keys = await self.images.write(owner, shown)
             await self.queue.enqueue_many(jobs)
         except redis_exceptions.RedisError:
             await self._release(locked)
@@ -148,7 +148,10 @@ class QueryDispatcher:
             except ValueError:
                 error = QueryError(type="mllm_unavailable", message=record.error or "query failed")
             status = ERROR_STATUS.get(error.type, 503)
-            headers = {"Retry-After": "5"} if status == 503 else None
+            # Retry-After only where a retry can help: not on a 4xx, not when no MLLM is configured (a
+            # deployment fix; the client would only wait and fail the same way).
+            retry = status == 503 and error.type != "mllm_not_configured"
+            headers = {"Retry-After": "5"} if retry else (dict(NO_RETRY_HEADERS) if status >= 500 else None)
             raise ServiceError(status, error.type, error.message, headers=headers)
         assert record.result is not None
         return QueryResult.model_validate_json(record.result)

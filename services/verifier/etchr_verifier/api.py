@@ -7,21 +7,23 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import get_args
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from etchr.clients.editor import EditorClient
 from etchr.http import ServiceError, error_response, require_api_key
 from etchr.http import create_app as create_service_app
-from etchr.imaging import ImageLimits, MLLMImage, decode_base64_bytes, prepare_input
-from etchr.mllm import MLLMClient, MLLMNotConfigured, MLLMRejected, MLLMUnavailable
+from etchr.imaging import ImageError, ImageLimits, MLLMImage, decode_base64_bytes, prepare_input
+from etchr.mllm import MLLMClient, MLLMError
+from etchr.model_names import model_ids
 from etchr.prompts import AnswerPrompts
 from etchr.protocol.answer import (
     AnswerMode,
@@ -31,17 +33,23 @@ from etchr.protocol.answer import (
     ChatCompletionMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ModelCard,
+    ModelList,
 )
 from etchr.redis_client import connect_redis
 from etchr.settings import VerifierSettings
 from etchr.tasks import TASK_IDS, TaskRegistry
-from etchr_verifier.evr import EVRPipeline
+from etchr_verifier.chat import edit_markdown, read_chat
+from etchr_verifier.errors import as_service_error
+from etchr_verifier.evr import EVRObserver, EVRPipeline
 from etchr_verifier.metrics import VerifierMetrics
 from etchr_verifier.routing import NONE, TaskRouter
+from etchr_verifier.streaming import SSE_HEADERS, AnswerEvents, ChatChunks, stream_answer
 
 logger = logging.getLogger("etchr.verifier.api")
 
-FACADE_MODEL = "etchr"
+# When /v1/models says the models were made: fixed, so the list is the same on every replica and call.
+MODELS_CREATED = 1_767_225_600  # 2026-01-01, the paper's year
 # The readiness probe of the editor's credentials: bounded well under a Kubernetes probe's timeout, and its
 # answer reused for a few seconds so frequent /readyz calls do not each cost the editor a request.
 EDITOR_PROBE_TIMEOUT_S = 1.0
@@ -61,15 +69,24 @@ def _input_image(data: str, limits: ImageLimits) -> MLLMImage:
     return prepare_input(decode_base64_bytes(data, limits), limits)[1]
 
 
-async def run_evr(request: Request, body: AnswerRequest, pipeline: EVRPipeline) -> AnswerResponse:
+async def run_evr(
+    request: Request,
+    body: AnswerRequest,
+    pipeline: EVRPipeline,
+    original: MLLMImage,
+    *,
+    context: Sequence[dict[str, object]] = (),
+    observer: EVRObserver | None = None,
+) -> AnswerResponse:
     """The whole answer under ``ETCHR_VERIFIER_DEADLINE_S``: past it, 504, and the MLLM and editor calls still
     in flight are cancelled (a hanging MLLM would otherwise hold the request for every retry's timeout)."""
     settings: VerifierSettings = request.app.state.settings
     deadline = asyncio.timeout(settings.verifier_deadline_s)
     try:
         async with deadline:
-            original = await run_in_threadpool(_input_image, body.image, ImageLimits.from_settings(settings))
-            return await pipeline.answer(body, original, request_id=_request_id(request))
+            return await pipeline.answer(
+                body, original, request_id=_request_id(request), context=context, observer=observer
+            )
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -83,84 +100,90 @@ async def run_evr(request: Request, body: AnswerRequest, pipeline: EVRPipeline) 
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
+# Streamed answers are documented in docs/api.md; the schema names the event stream as a second media type.
+_STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
-@router.post("/answer", response_model=AnswerResponse)
+
+async def _checked(request: Request, image: str, pipeline: EVRPipeline, param: str) -> MLLMImage:
+    """What must hold before an answer starts (and before a stream sends its 200): a usable image and a
+    configured MLLM, each a plain error response otherwise; ``param`` names where the image was sent."""
+    pipeline.mllm.require_configured()
+    settings: VerifierSettings = request.app.state.settings
+    try:
+        return await run_in_threadpool(_input_image, image, ImageLimits.from_settings(settings))
+    except ImageError as exc:
+        raise ServiceError(400, "invalid_image", str(exc), param=param) from None
+
+
+@router.post("/answer", response_model=AnswerResponse, responses=_STREAMED)  # type: ignore[arg-type]
 async def answer(
     body: AnswerRequest, request: Request, pipeline: EVRPipeline = Depends(get_pipeline)
-) -> AnswerResponse:
-    """Answer a visual question with Edit-Verify-Reason (or ``edit`` / ``direct``)."""
-    return await run_evr(request, body, pipeline)
+) -> AnswerResponse | Response:
+    """Answer a visual question with Edit-Verify-Reason (or ``edit`` / ``direct``); ``stream`` sends its
+    progress as server-sent events first (the playground's progress bar)."""
+    original = await _checked(request, body.image, pipeline, "image")
+    if not body.stream:
+        return await run_evr(request, body, pipeline, original)
+    events = AnswerEvents()
+    work = stream_answer(events, lambda: run_evr(request, body, pipeline, original, observer=events))
+    return EventSourceResponse(work, headers=SSE_HEADERS)
 
 
-def _facade_task(model: str) -> str:
-    """``etchr`` (or any non-ETCHR model name) routes automatically; ``etchr-<task>`` pins the task."""
-    if not model.startswith(f"{FACADE_MODEL}-"):
-        return "auto"
-    task = model.removeprefix(f"{FACADE_MODEL}-")
-    if task in (*TASK_IDS, NONE, "auto"):
-        return task
-    valid = ", ".join([FACADE_MODEL, *(f"{FACADE_MODEL}-{t}" for t in (*TASK_IDS, NONE))])
-    raise ServiceError(400, "invalid_field", f"unknown model {model!r}; use one of: {valid}")
+@router.get("/v1/models", response_model=ModelList)
+async def list_models() -> ModelList:
+    """OpenAI's model list: ``etchr`` (automatic routing), ``etchr-<task>`` and ``etchr-none`` (no edit)."""
+    return ModelList(data=[ModelCard(id=name, created=MODELS_CREATED) for name in model_ids()])
 
 
-def _question_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
-    """The last user message's text and its one image (a data URL: the service fetches no remote URLs).
-
-    The request models already checked every type (a non-string url is a 422 naming it); what is left here
-    are the values only this facade cares about, each a 400 naming the message.
-    """
-    users = [index for index, message in enumerate(body.messages) if message.role == "user"]
-    content = body.messages[users[-1]].content if users else None
-    if not content:
-        raise ServiceError(
-            400,
-            "invalid_field",
-            "messages must contain a user message with a question and an image",
-            param="messages",
-        )
-    param = f"messages.{users[-1]}.content"
-    texts = [part.text for part in content if part.type == "text" and part.text]
-    images = [part.image_url.url for part in content if part.type == "image_url" and part.image_url]
-    if len(images) != 1:
-        raise ServiceError(
-            400,
-            "invalid_field",
-            f"the user message needs exactly one image_url content part (got {len(images)})",
-            param=param,
-        )
-    if not images[0].startswith("data:"):
-        raise ServiceError(
-            400,
-            "invalid_field",
-            "image_url must be a data: URL (base64); remote URLs are not fetched",
-            param=param,
-        )
-    question = "\n".join(texts).strip()
-    if not question:
-        raise ServiceError(400, "invalid_field", "the user message has no question text", param=param)
-    return question, images[0]
+@router.get("/v1/models/{model}", response_model=ModelCard)
+async def retrieve_model(model: str) -> ModelCard:
+    """One model of the list (``client.models.retrieve``); 404 in OpenAI's shape for any other name."""
+    if model not in model_ids():
+        raise ServiceError(404, "model_not_found", f"the model {model!r} does not exist", param="model")
+    return ModelCard(id=model, created=MODELS_CREATED)
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_STREAMED)  # type: ignore[arg-type]
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, pipeline: EVRPipeline = Depends(get_pipeline)
-) -> ChatCompletionResponse:
-    """OpenAI-compatible: a chat with one image and a question runs EVR, returned as a chat completion."""
-    if body.stream:
-        raise ServiceError(400, "invalid_field", "stream=true is not supported; send stream=false")
-    question, image = _question_and_image(body)
+) -> ChatCompletionResponse | Response:
+    """OpenAI-compatible: a chat whose most recent image and last question run EVR, returned as a chat
+    completion or, with ``stream``, as ``chat.completion.chunk`` events (docs/api.md, "Chat apps")."""
+    turn = read_chat(body)
     try:
-        evr = AnswerRequest(image=image, question=question, task=_facade_task(body.model))  # type: ignore[arg-type]
+        evr = AnswerRequest(
+            image=turn.image,
+            question=turn.question,
+            task=turn.task,  # type: ignore[arg-type]
+            return_images=turn.show_edit,
+        )
     except ValidationError as exc:  # e.g. text parts together over the question limit: the caller's error
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ServiceError(422, "validation_error", problems, param="messages") from None
-    result = await run_evr(request, evr, pipeline)
-    return ChatCompletionResponse(
-        id=f"chatcmpl-{_request_id(request)}",
+    original = await _checked(request, evr.image, pipeline, turn.image_param)
+    completion_id = f"chatcmpl-{_request_id(request)}"
+    if not body.stream:
+        result = await run_evr(request, evr, pipeline, original, context=turn.context)
+        content = result.raw_answer + (edit_markdown(result) if turn.show_edit else "")
+        return ChatCompletionResponse(
+            id=completion_id,
+            model=body.model,
+            choices=[ChatCompletionChoice(message=ChatCompletionMessage(content=content))],
+            usage=result.usage,
+            etchr=result,
+        )
+    chunks = ChatChunks(
+        completion_id=completion_id,
         model=body.model,
-        choices=[ChatCompletionChoice(message=ChatCompletionMessage(content=result.raw_answer))],
-        etchr=result,
+        created=int(time.time()),
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        live_chars=pipeline.mllm.max_reply_chars // 4,
+        show_edit=turn.show_edit,
     )
+    work = stream_answer(
+        chunks, lambda: run_evr(request, evr, pipeline, original, context=turn.context, observer=chunks)
+    )
+    return EventSourceResponse(work, headers=SSE_HEADERS)
 
 
 PLAYGROUND_DIR = Path(__file__).parent / "playground"
@@ -227,17 +250,10 @@ class EditorCredentialsCheck:
 
 
 def _install_mllm_errors(app: FastAPI) -> None:
-    @app.exception_handler(MLLMUnavailable)
-    async def _unavailable(_: Request, exc: MLLMUnavailable) -> JSONResponse:
-        return error_response(503, "mllm_unavailable", str(exc), {"Retry-After": "5"})
-
-    @app.exception_handler(MLLMNotConfigured)
-    async def _not_configured(_: Request, exc: MLLMNotConfigured) -> JSONResponse:
-        return error_response(503, "mllm_not_configured", str(exc), {"Retry-After": "60"})
-
-    @app.exception_handler(MLLMRejected)
-    async def _rejected(_: Request, exc: MLLMRejected) -> JSONResponse:
-        return error_response(502, "mllm_rejected", str(exc))
+    @app.exception_handler(MLLMError)
+    async def _mllm_error(_: Request, exc: MLLMError) -> JSONResponse:
+        known = as_service_error(exc) or ServiceError(502, "mllm_rejected", str(exc))
+        return error_response(known.status, known.type, known.message, known.headers, param=known.param)
 
 
 def create_app(settings: VerifierSettings | None = None) -> FastAPI:

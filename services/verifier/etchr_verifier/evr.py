@@ -9,6 +9,10 @@ cancels it. Speculation changes latency and backend load, never the response: a 
 is not charged to it (``mllm_calls``, ``timings``, ``truncated``); it is counted in the speculative metrics.
 MLLM failures propagate (the API turns them into 503/502); editor failures only mean "answer without it".
 
+``usage`` sums the token usage of the calls charged (the same rule as ``mllm_calls``). An :class:`EVRObserver`
+(the streamed answers) hears the progress of each stage and, when it asks, U's answer as it streams: a
+speculative reasoning call is buffered in a :class:`_Tap` and handed over only once the answer uses it.
+
 Replies cut at max_tokens (finish_reason "length") are listed in the response's ``truncated`` and counted. A
 cut judge reply still holding a verdict is read as usual, one without reads as not reliable (cause
 ``truncated``); a cut reasoning reply with no stated answer is an :class:`MLLMIncomplete` (502) naming the
@@ -19,24 +23,62 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from etchr.answers import explicit_final_answer, extract_final_answer
 from etchr.clients.editor import EditorClient, EditorUnavailable
 from etchr.imaging import MLLMImage
-from etchr.mllm import MLLMClient, MLLMError, user_message
+from etchr.mllm import MLLMClient, MLLMError, ReplyListener, user_message
 from etchr.prompts import AnswerPrompts
-from etchr.protocol.answer import AnswerRequest, AnswerResponse, Verification
+from etchr.protocol.answer import AnswerRequest, AnswerResponse, EVRProgress, TokenUsage, Verification
+from etchr.protocol.edit import EditProgress
 from etchr.tasks import TaskRegistry
 from etchr.verdicts import Cause, incomplete_reply, read_verdict
 from etchr_verifier.metrics import VerifierMetrics
 from etchr_verifier.routing import NONE, TaskRouter
 
 T = TypeVar("T")
+
+
+class EVRObserver(Protocol):
+    """Who watches one answer being made (the streamed responses); every call is made on the event loop."""
+
+    def progress(self, event: EVRProgress) -> None:
+        """A stage started, moved on (the edit's queue position and steps) or ended."""
+
+    @property
+    def answer_listener(self) -> ReplyListener | None:
+        """Where U's answer goes as it streams, or None to have it in one piece only."""
+
+
+class _Tap:
+    """One reasoning call's streamed reply: buffered until the answer uses the call, then handed over whole
+    and followed live. A call that is never used is never heard (the same rule as charging)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._listener: ReplyListener | None = None
+
+    def delta(self, text: str) -> None:
+        self._pieces.append(text)
+        if self._listener is not None:
+            self._listener.delta(text)
+
+    def restart(self) -> None:
+        self._pieces.clear()
+        if self._listener is not None:
+            self._listener.restart()
+
+    def attach(self, listener: ReplyListener | None) -> None:
+        if listener is None or self._listener is not None:
+            return
+        for piece in self._pieces:
+            listener.delta(piece)
+        self._listener = listener
 
 
 @dataclass
@@ -47,6 +89,46 @@ class _Trace:
     timings: dict[str, float] = field(default_factory=dict)
     calls: int = 0
     truncated: list[str] = field(default_factory=list)  # stages whose reply was cut at max_tokens
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    observer: EVRObserver | None = None
+
+    def charge(self, requests: int, prompt_tokens: int, completion_tokens: int) -> None:
+        """A call whose reply the answer uses: its requests and tokens are the request's."""
+        self.calls += requests
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
+    def usage(self) -> TokenUsage:
+        total = self.prompt_tokens + self.completion_tokens
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, total_tokens=total
+        )
+
+    def say(self, stage: str, state: str, message: str, **fields: Any) -> None:
+        """Tell the observer, if any, how the answer is coming along."""
+        if self.observer is not None:
+            self.observer.progress(EVRProgress(stage=stage, state=state, message=message, **fields))  # type: ignore[arg-type]
+
+    @property
+    def listener(self) -> ReplyListener | None:
+        return self.observer.answer_listener if self.observer is not None else None
+
+    def edit_progress(self, task: str) -> Callable[[EditProgress], None] | None:
+        """The editor's job progress (queue position, then denoising step i of N) as EVR progress."""
+        if self.observer is None:
+            return None
+
+        def relay(progress: EditProgress) -> None:
+            if progress.status == "queued" and progress.queue_position is not None:
+                ahead = progress.queue_position
+                message = f"Edit queued: {ahead} job{'' if ahead == 1 else 's'} ahead…"
+                self.say("edit", "running", message, task=task, queue_position=ahead)
+            elif progress.status == "running" and progress.step is not None and progress.steps:
+                message = f"Editing: step {progress.step} of {progress.steps}…"
+                self.say("edit", "running", message, task=task, step=progress.step, steps=progress.steps)
+
+        return relay
 
     def cut(self, stage: str, *, usable: bool) -> None:
         """A reply cut at max_tokens: listed in the response, counted by whether it was still usable."""
@@ -80,6 +162,7 @@ class _Reasoned:
     completion_tokens: int
     backend: str
     seconds: float
+    prompt_tokens: int = 0
 
 
 class _Speculation:
@@ -92,13 +175,18 @@ class _Speculation:
     the response (``mllm_calls``, ``timings``, ``truncated``): the response is what the strict order gives.
     """
 
-    def __init__(self, stage: str, task: asyncio.Future[_Reasoned], metrics: VerifierMetrics) -> None:
+    def __init__(
+        self, stage: str, task: asyncio.Future[_Reasoned], metrics: VerifierMetrics, tap: _Tap
+    ) -> None:
         self.stage = stage
         self.task = task
         self.metrics = metrics
+        self.tap = tap
         self._counted = False
 
-    async def use(self) -> _Reasoned:
+    async def use(self, listener: ReplyListener | None = None) -> _Reasoned:
+        """Its reply; ``listener`` hears what it streamed so far and the rest as it comes."""
+        self.tap.attach(listener)
         try:
             return await self.task
         finally:
@@ -159,72 +247,117 @@ class EVRPipeline:
         self.judge_max_tokens = judge_max_tokens
         self.temperature = temperature
 
-    async def answer(self, request: AnswerRequest, original: MLLMImage, *, request_id: str) -> AnswerResponse:
-        """``original``: the client's image as it travels on (``etchr.imaging.prepare_input``)."""
+    async def answer(
+        self,
+        request: AnswerRequest,
+        original: MLLMImage,
+        *,
+        request_id: str,
+        context: Sequence[dict[str, Any]] = (),
+        observer: EVRObserver | None = None,
+    ) -> AnswerResponse:
+        """``original``: the client's image as it travels on (``etchr.imaging.prepare_input``). ``context``:
+        earlier chat turns (OpenAI messages, text only) U reasons after, before the question; ``observer``
+        hears the progress (streamed responses)."""
         self.mllm.require_configured()  # every mode reasons with U: fail before asking for a GPU edit
-        trace = _Trace(self.metrics)
+        trace = _Trace(self.metrics, observer=observer)
         started = time.perf_counter()
-        response = await self._answer(request, original, trace, request_id)
+        response = await self._answer(request, original, trace, request_id, list(context))
         trace.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
         self.metrics.stage_seconds.labels("total").observe(trace.timings["total_ms"] / 1000)
         self.metrics.answers.labels(request.mode, str(response.used_edit).lower()).inc()
         if response.fallback_reason is not None:
             self.metrics.fallbacks.labels(response.fallback_reason.split(":")[0]).inc()
         return response.model_copy(
-            update={"timings": trace.timings, "mllm_calls": trace.calls, "truncated": trace.truncated}
+            update={
+                "timings": trace.timings,
+                "mllm_calls": trace.calls,
+                "truncated": trace.truncated,
+                "usage": trace.usage(),
+            }
         )
 
     async def _answer(
-        self, request: AnswerRequest, original: MLLMImage, trace: _Trace, request_id: str
+        self,
+        request: AnswerRequest,
+        original: MLLMImage,
+        trace: _Trace,
+        request_id: str,
+        context: list[dict[str, Any]],
     ) -> AnswerResponse:
         question = request.question
         task, routed = request.task, False
         if request.mode == "direct":
             task = NONE
         elif task == "auto":
+            trace.say("route", "started", "Choosing a task family for the question…")
             decision = await trace.timed("route", self.router.route(question))
-            trace.calls += decision.calls
+            trace.charge(decision.calls, decision.prompt_tokens, decision.completion_tokens)
             if decision.truncated:
                 trace.list_cut("route")  # counted in the metrics by the router
             task, routed = decision.task, True
+            chosen = "no edit helps: answering directly" if task == NONE else f"routed to {task}"
+            trace.say("route", "done", f"{chosen[0].upper()}{chosen[1:]}.", task=task)
+
+        def reason_direct(tap: _Tap | None) -> Awaitable[_Reasoned]:
+            return self._reason(original, None, question, None, context, tap)
 
         if task == NONE:
-            reasoned = self._charge(trace, await self._reason(original, None, question, None))
+            trace.say("reason", "started", "Answering from the original image…", task=task)
+            reasoned = self._charge(trace, await reason_direct(_attached(trace)))
             return _response(reasoned, task=task, routed=routed, fallback=None)
 
         family = self.tasks.get(task)
         direct: _Speculation | None = None  # the answer on the original alone, while the edit is made
         reasoning: _Speculation | None = None  # the answer with the edit, while the judge reads it
         if request.mode == "evr" and self.speculative:
-            direct = self._speculate("reason_direct", self._reason(original, None, question, None))
+            direct = self._speculate("reason_direct", reason_direct, trace)
 
         async def fallback() -> _Reasoned:
+            trace.say("reason", "started", "Answering from the original image…", task=task)
             if direct is not None:
-                return self._charge(trace, await direct.use())
-            return self._charge(trace, await self._reason(original, None, question, None))
+                return self._charge(trace, await direct.use(trace.listener))
+            return self._charge(trace, await reason_direct(_attached(trace)))
 
         try:
+            trace.say("edit", "started", f"Editing the image ({task})…", task=task)
             try:
                 edited = MLLMImage.from_bytes(  # its data URL built once, for the judge and U alike
                     await trace.timed(
                         "edit",
-                        self.editor.edit(original.base64, question, task, request_id=request_id),  # type: ignore[arg-type]
+                        self.editor.edit(
+                            original.base64,
+                            question,
+                            task,  # type: ignore[arg-type]
+                            request_id=request_id,
+                            on_progress=trace.edit_progress(task),
+                        ),
                     )
                 )
             except EditorUnavailable as exc:
+                trace.say("edit", "done", f"No edit ({exc.kind}): answering without it.", task=task)
                 reasoned = await fallback()
                 return _response(reasoned, task=task, routed=routed, fallback=f"{exc.kind}: {exc}")
+            trace.say("edit", "done", "The edit is ready.", task=task)
             edited_b64 = edited.base64 if request.return_images else None
+
+            def reason_edit(tap: _Tap | None) -> Awaitable[_Reasoned]:
+                return self._reason(original, edited, question, family.edit, context, tap)
 
             verification: Verification | None = None
             if request.mode == "evr":
                 if self.speculative_reasoning:  # U does not need the verdict, only whether it is yes
-                    reasoning = self._speculate(
-                        "reason_edit", self._reason(original, edited, question, family.edit)
-                    )
+                    reasoning = self._speculate("reason_edit", reason_edit, trace)
+                trace.say("verify", "started", "Checking the edit holds what the question needs…", task=task)
                 verification = await trace.timed(
                     "verify", self._verify(trace, original, edited, task, question)
                 )
+                verdict = (
+                    "The judge accepted the edit."
+                    if verification.reliable
+                    else f"Not using the edit: {_UNRELIABLE[verification.cause]}."
+                )
+                trace.say("verify", "done", verdict, task=task, reliable=verification.reliable)
                 if not verification.reliable:
                     if reasoning is not None:
                         await reasoning.drop()  # before waiting for the fallback: free the backend now
@@ -237,10 +370,11 @@ class EVRPipeline:
                         verification=verification,
                         edited_image=edited_b64,
                     )
+            trace.say("reason", "started", "Answering with the edit…", task=task)
             if reasoning is not None:
-                reasoned = self._charge(trace, await reasoning.use())
+                reasoned = self._charge(trace, await reasoning.use(trace.listener))
             else:
-                reasoned = self._charge(trace, await self._reason(original, edited, question, family.edit))
+                reasoned = self._charge(trace, await reason_edit(_attached(trace)))
             baseline = await self._baseline(trace, direct)
             return _response(
                 reasoned,
@@ -258,8 +392,13 @@ class EVRPipeline:
                 if speculation is not None:
                     await speculation.drop()
 
-    def _speculate(self, stage: str, work: Awaitable[_Reasoned]) -> _Speculation:
-        return _Speculation(stage, asyncio.ensure_future(work), self.metrics)
+    def _speculate(
+        self, stage: str, reason: Callable[[_Tap | None], Awaitable[_Reasoned]], trace: _Trace
+    ) -> _Speculation:
+        """Start ``reason`` now; its streamed reply (if the observer wants one) waits in a tap until used."""
+        tap = _Tap()
+        work = reason(tap if trace.listener is not None else None)
+        return _Speculation(stage, asyncio.ensure_future(work), self.metrics, tap)
 
     async def _baseline(self, trace: _Trace, direct: _Speculation | None) -> str | None:
         """The speculative direct answer if it succeeded; its failure must not sink an answer already made."""
@@ -274,7 +413,7 @@ class EVRPipeline:
         """A reasoning reply the answer uses, charged to the request: its calls, its time, its cut. A reply
         cut before it stated an answer is an :class:`MLLMIncomplete` naming the setting to raise."""
         stage = reasoned.stage
-        trace.calls += reasoned.requests
+        trace.charge(reasoned.requests, reasoned.prompt_tokens, reasoned.completion_tokens)
         trace.timings[f"{stage}_ms"] = round(reasoned.seconds * 1000, 2)
         self.metrics.stage_seconds.labels(stage).observe(reasoned.seconds)
         self.metrics.mllm_calls.labels(stage).inc(reasoned.requests)
@@ -290,9 +429,16 @@ class EVRPipeline:
         return reasoned
 
     async def _reason(
-        self, original: MLLMImage, edited: MLLMImage | None, question: str, edit: str | None
+        self,
+        original: MLLMImage,
+        edited: MLLMImage | None,
+        question: str,
+        edit: str | None,
+        context: list[dict[str, Any]],
+        tap: _Tap | None,
     ) -> _Reasoned:
-        """U's reply, with or without the edit; nothing is charged to the request until it is used."""
+        """U's reply, with or without the edit, after the chat's earlier turns (``context``); streamed into
+        ``tap`` when one is given. Nothing is charged to the request until it is used."""
         started = time.perf_counter()
         if edited is None:
             message = user_message(self.prompts.direct(question), [original])
@@ -300,7 +446,9 @@ class EVRPipeline:
         else:
             message = user_message(self.prompts.with_edit(question, edit or ""), [original, edited])
             stage = "reason_edit"
-        result = await self.mllm.chat([message], temperature=self.temperature, max_tokens=self.max_tokens)
+        result = await self.mllm.chat(
+            [*context, message], temperature=self.temperature, max_tokens=self.max_tokens, listener=tap
+        )
         raw, truncated = result.texts[0], result.was_truncated(0)
         return _Reasoned(
             stage=stage,
@@ -309,6 +457,7 @@ class EVRPipeline:
             truncated=truncated,
             requests=result.requests,
             completion_tokens=result.completion_tokens,
+            prompt_tokens=result.prompt_tokens,
             backend=result.backend,
             seconds=time.perf_counter() - started,
         )
@@ -320,7 +469,7 @@ class EVRPipeline:
         reader: only a clear yes is reliable."""
         message = user_message(self.tasks.judge_prompt(task, question), [original, edited])
         result = await self.judge.chat([message], temperature=0.0, max_tokens=self.judge_max_tokens)
-        trace.calls += result.requests
+        trace.charge(result.requests, result.prompt_tokens, result.completion_tokens)
         self.metrics.mllm_calls.labels("verify").inc(result.requests)
         raw = result.texts[0]
         verdict = read_verdict(raw, truncated=result.was_truncated(0))
@@ -331,6 +480,15 @@ class EVRPipeline:
         ).inc()
         self.metrics.verdict_causes.labels(verdict.cause).inc()
         return Verification(reliable=verdict.reliable, raw=raw, cause=verdict.cause)
+
+
+def _attached(trace: _Trace) -> _Tap | None:
+    """A tap already handing over to the observer's listener (a call the answer uses from its start)."""
+    if trace.listener is None:
+        return None
+    tap = _Tap()
+    tap.attach(trace.listener)
+    return tap
 
 
 # Why an edit was not used, per verdict cause (the response's fallback_reason, after "unreliable: ").

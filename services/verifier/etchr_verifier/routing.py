@@ -36,6 +36,8 @@ class RouteDecision:
     task: str  # a family id or ``none``
     calls: int  # MLLM requests made (0 from the cache)
     truncated: bool  # the routing reply was cut at max_tokens
+    prompt_tokens: int = 0  # the routing call's usage (0 from the cache)
+    completion_tokens: int = 0
 
 
 def parse_route(text: str, choices: tuple[str, ...]) -> str:
@@ -102,4 +104,10 @@ class TaskRouter:
             except redis.exceptions.RedisError as exc:
                 logger.warning("route cache unavailable: %s", exc)
         self.metrics.routes.labels(task, "model").inc()
-        return RouteDecision(task, calls=result.requests, truncated=truncated)
+        return RouteDecision(
+            task,
+            calls=result.requests,
+            truncated=truncated,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )

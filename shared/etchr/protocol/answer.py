@@ -36,6 +36,39 @@ class AnswerRequest(BaseModel):
         description="evr: edit, verify, reason with fallback; edit: no verification; direct: no edit",
     )
     return_images: bool = Field(default=False, description="include the edited image (base64 PNG)")
+    stream: bool = Field(
+        default=False,
+        description="answer as server-sent events: 'progress' events (EVRProgress) while EVR runs, then one "
+        "'answer' event (AnswerResponse) or one 'error' event (the error body)",
+    )
+
+
+class TokenUsage(BaseModel):
+    """Tokens the MLLM calls behind one answer spent, as the backends reported them (OpenAI's ``usage``).
+
+    Only calls whose replies the answer used are charged: a speculative call cancelled or thrown away is not.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+EVRStage = Literal["route", "edit", "verify", "reason"]
+
+
+class EVRProgress(BaseModel):
+    """One step of an answer in progress: what ``/answer`` with ``stream`` sends as 'progress' events and the
+    chat facade as ``reasoning_content``. ``message`` is the sentence a person reads; the rest is for bars."""
+
+    stage: EVRStage = Field(description="route, edit (queued, then denoising), verify, reason")
+    state: Literal["started", "running", "done"]
+    message: str
+    task: str | None = Field(default=None, description="the family, once known")
+    queue_position: int | None = Field(default=None, description="edit jobs ahead of this one, while queued")
+    step: int | None = Field(default=None, description="denoising steps finished, while the edit runs")
+    steps: int | None = Field(default=None, description="denoising steps in all")
+    reliable: bool | None = Field(default=None, description="verify done: whether the edit is used")
 
 
 VerdictCause = Literal["yes", "no", "disagree", "hedge", "none", "truncated"]
@@ -71,6 +104,9 @@ class AnswerResponse(BaseModel):
     )
     timings: dict[str, float]
     mllm_calls: int
+    usage: TokenUsage = Field(
+        default_factory=TokenUsage, description="tokens of the MLLM calls the answer used, summed"
+    )
 
 
 class ChatImageURL(BaseModel):
@@ -127,6 +163,12 @@ class ChatMessage(BaseModel):
     ] = None
 
 
+class ChatStreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = Field(default=False, description="a last chunk with empty choices and the usage")
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI chat-completions request; sampling fields are accepted, the verifier's settings apply."""
 
@@ -135,23 +177,22 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(max_length=MAX_NAME_CHARS)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
     stream: bool = False
+    stream_options: ChatStreamOptions | None = None
 
 
 class ChatCompletionMessage(BaseModel):
+    """The reply message; ``refusal`` is always null (OpenAI's reference requires the field)."""
+
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None
 
 
 class ChatCompletionChoice(BaseModel):
     index: int = 0
     message: ChatCompletionMessage
     finish_reason: Literal["stop"] = "stop"
-
-
-class ChatCompletionUsage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    logprobs: None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -162,5 +203,52 @@ class ChatCompletionResponse(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[ChatCompletionChoice]
-    usage: ChatCompletionUsage = Field(default_factory=ChatCompletionUsage)
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    system_fingerprint: None = None
     etchr: AnswerResponse
+
+
+class ChatCompletionDelta(BaseModel):
+    """What a chunk adds: the role once, EVR progress as ``reasoning_content``, the answer as ``content``."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = Field(
+        default=None, description="EVR's progress, in the field vLLM's reasoning models stream thinking in"
+    )
+
+
+class ChatCompletionChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatCompletionDelta
+    finish_reason: Literal["stop"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent ``chat.completion.chunk``. ``etchr_progress`` (an extension clients may ignore) carries
+    the progress of a ``reasoning_content`` delta as data; the last chunk with choices carries ``etchr``."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatCompletionChunkChoice]
+    usage: TokenUsage | None = None
+    system_fingerprint: None = None
+    etchr_progress: EVRProgress | None = None
+    etchr: AnswerResponse | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models``, in OpenAI's shape."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "etchr"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -62,11 +62,35 @@ class JobAccepted(BaseModel):
     id: str
 
 
+class EditProgress(BaseModel):
+    """Where an edit job stands: ``GET /jobs/{id}`` shows it, ``GET /jobs/{id}/events`` streams it."""
+
+    status: JobState
+    queue_position: int | None = Field(default=None, description="jobs ahead of this one, while queued")
+    step: int | None = Field(
+        default=None, description="denoising steps finished (0..steps), once running; N when done"
+    )
+    steps: int | None = Field(default=None, description="denoising steps in all (N), once running")
+    cancelled: bool | None = Field(
+        default=None, description="true once DELETE /jobs/{id} cancelled it (status then failed)"
+    )
+
+
 class JobStatusResponse(BaseModel):
     id: str
     status: JobState
+    progress: EditProgress | None = None
     result: EditResponse | None = None
     error: str | None = None
+
+
+class JobCancelResponse(BaseModel):
+    """``DELETE /jobs/{id}``: whether this call cancelled the job, and where the job stands now."""
+
+    id: str
+    cancelled: bool
+    status: JobState
+    detail: str = Field(description="why it was or was not cancelled, for a person")
 
 
 class OpenAIImage(BaseModel):

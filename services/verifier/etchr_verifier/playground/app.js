@@ -181,9 +181,11 @@
       task: $("task").value,
       mode: $("mode").value,
       return_images: true,
+      stream: true,
     };
     setBusy(true, "Editing, verifying and reasoning… (the first edit may take a while)");
     show($("outcome"), false);
+    resetEditProgress();
     clearEdited();
     const started = performance.now();
     let response;
@@ -194,20 +196,95 @@
       showError("Cannot reach the verifier", `The request did not get through: ${err.message || err}`);
       return;
     }
-    const text = await response.text();
-    let payload = null;
-    try {
-      payload = JSON.parse(text);
-    } catch (err) {
-      payload = null;
-    }
-    const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    setBusy(false, `Answered in ${seconds} s.`);
-    if (!response.ok) {
+    if (!response.ok) {  // refused before the answer started: a plain JSON error body
+      const text = await response.text();
+      let payload = null;
+      try {
+        payload = JSON.parse(text);
+      } catch (err) {
+        payload = null;
+      }
+      setBusy(false);
       renderError(response, payload, text);
       return;
     }
-    render(payload, response.headers.get("x-request-id"));
+    let outcome = null;
+    try {
+      outcome = await readEvents(response, (name, data) => {
+        if (name === "progress") showProgress(data);
+      });
+    } catch (err) {
+      outcome = { name: "broken", data: String(err.message || err) };
+    }
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    if (outcome && outcome.name === "answer") {
+      setBusy(false, `Answered in ${seconds} s.`);
+      render(outcome.data, response.headers.get("x-request-id"));
+    } else if (outcome && outcome.name === "error") {
+      setBusy(false);
+      const error = outcome.data.error || {};
+      showError(error.type || "error", error.message || "the answer failed");
+    } else {
+      setBusy(false);
+      showError("The answer stream ended early", (outcome && outcome.data) || "no answer arrived");
+    }
+  }
+
+  // POST /answer with stream: server-sent events ("progress" while EVR runs, then "answer" or "error").
+  // EventSource cannot POST, so the body is read and split into events here.
+  async function readEvents(response, onEvent) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return null;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (!data.length) continue;  // a keep-alive comment
+        const parsed = JSON.parse(data.join("\n"));
+        if (name === "answer" || name === "error") return { name, data: parsed };
+        onEvent(name, parsed);
+      }
+    }
+  }
+
+  function resetEditProgress() {
+    show($("edit-progress"), false);
+    const bar = $("edit-bar");
+    bar.removeAttribute("value");
+    bar.max = 1;
+    $("edit-progress-text").textContent = "";
+  }
+
+  // The bar follows the edit: indeterminate while queued, step i of N while it denoises, full when done.
+  function showProgress(event) {
+    $("progress").textContent = event.message;
+    if (event.stage !== "edit") return;
+    const bar = $("edit-bar");
+    show($("edit-progress"), true);
+    if (event.state === "running" && event.steps) {
+      bar.max = event.steps;
+      bar.value = event.step;
+      $("edit-progress-text").textContent = `step ${event.step} of ${event.steps}`;
+    } else if (event.state === "running" && event.queue_position !== undefined) {
+      bar.removeAttribute("value");
+      $("edit-progress-text").textContent = `queued, ${event.queue_position} ahead`;
+    } else if (event.state === "done") {
+      bar.value = bar.max;
+      $("edit-progress-text").textContent = event.message;
+    } else {
+      $("edit-progress-text").textContent = "waiting for the editor…";
+    }
   }
 
   function renderError(response, payload, text) {

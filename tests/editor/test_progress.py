@@ -21,13 +21,10 @@ from httpx_sse import aconnect_sse
 from etchr.clients.editor import EditorClient, EditorUnavailable
 from etchr.protocol.edit import EditProgress
 from etchr.settings import EditorSettings
-from etchr_editor.api import create_app
 from etchr_editor.jobs import editor_queue
-from etchr_editor.metrics import EditorMetrics
-from etchr_editor.worker import EditorWorker
 from tests.editor.test_api import QUESTION, editor_settings, png_b64
 from tests.support.redis_server import RedisServer, free_port
-from tests.support.servers import UvicornThread
+from tests.support.slow_editor import start_slow_editor
 
 STEPS = 6
 STEP_DELAY_S = 0.12  # per transformer forward: a 6-step edit takes about 0.7 s
@@ -42,15 +39,7 @@ def settings(redis_server: RedisServer, tiny_editor_dir: Path) -> EditorSettings
 @pytest.fixture(scope="module")
 def editor(settings: EditorSettings, tiny_editor_dir: Path) -> Iterator[str]:
     """A front hosting one worker (one job at a time) on a slowed copy of the tiny checkpoint."""
-    from etchr_editor.model import load_editor
-
-    slow = load_editor(str(tiny_editor_dir), device="cpu")
-    slow.pipe.transformer.register_forward_hook(lambda *_: time.sleep(STEP_DELAY_S))
-
-    def worker(queue: Any, metrics: EditorMetrics) -> EditorWorker:
-        return EditorWorker(queue, settings, metrics, editor=slow)
-
-    server = UvicornThread(create_app(settings, worker=worker)).start()
+    server = start_slow_editor(settings, tiny_editor_dir, STEP_DELAY_S)
     yield server.url
     server.stop()
 

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from etchr.settings import EditorSettings, VerifierSettings
 from etchr.tasks import JUDGE_REPLY_CONVENTION
-from etchr_editor.api import create_app as create_editor_front
-from etchr_editor.metrics import EditorMetrics
 from etchr_editor.service import create_app as create_editor_app
-from etchr_editor.worker import EditorWorker
 from etchr_verifier.api import create_app as create_verifier_app
 from tests.editor.test_api import editor_settings
 from tests.support.mllm_server import RecordedRequest, Reply, ScriptedMLLM
 from tests.support.redis_server import RedisServer
 from tests.support.servers import AppLauncher, UvicornThread, mllm_wiring
+from tests.support.slow_editor import start_slow_editor
 
 ROUTE_MARK = "Reply with exactly one word from"
 JUDGE_MARK = JUDGE_REPLY_CONVENTION  # every default judge prompt ends with it
@@ -94,18 +90,10 @@ SLOW_STEP_DELAY_S = (
 def slow_editor_url(redis_server: RedisServer, tiny_editor_dir: Path) -> Iterator[str]:
     """The editor front with one worker on a copy of the tiny checkpoint that sleeps at every denoising step,
     so an edit's progress (queued, then step i of N) can be watched."""
-    from etchr_editor.model import load_editor
-
     settings = editor_settings(
         redis_server.url, "slow-editor", tiny_editor_dir, editor_steps=SLOW_STEPS, editor_max_batch=1
     )
-    slow = load_editor(str(tiny_editor_dir), device="cpu")
-    slow.pipe.transformer.register_forward_hook(lambda *_: time.sleep(SLOW_STEP_DELAY_S))
-
-    def worker(queue: Any, metrics: EditorMetrics) -> EditorWorker:
-        return EditorWorker(queue, settings, metrics, editor=slow)
-
-    server = UvicornThread(create_editor_front(settings, worker=worker)).start()
+    server = start_slow_editor(settings, tiny_editor_dir, SLOW_STEP_DELAY_S)
     yield server.url
     server.stop()
 

@@ -269,7 +269,6 @@ def _describe(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err)[:300]}"
 
 
-
 class _OrjsonBodiesOpenAI(openai.AsyncOpenAI):
     """``AsyncOpenAI`` whose JSON request bodies are encoded by orjson.
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
+import httpx
 import pytest
 
 from etchr.clients.reward import AsyncRewardClient, RewardClient, RewardServiceError
@@ -40,6 +43,33 @@ def test_async_client_concurrent_chunks(reward_service: RewardFactory) -> None:
         return [r.reward for it in result.items for r in it.rewards]
 
     assert asyncio.run(run()) == [1.0, 0.125, 0.5, 0.375, 0.375]
+
+
+def test_a_call_cancelled_mid_upload_frees_the_wire(reward_service: RewardFactory) -> None:
+    """The async client puts one body on the wire at a time. A call cancelled while its body is on the wire
+    (a trainer's timeout; here the peer stops reading, so the upload stalls) must hand the wire on, or every
+    later call of that client would wait forever."""
+    stalled = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(stalled.accept()[0]), daemon=True).start()
+    big = item([(1, 1)], item_id="big", meta={"pad": "x" * 50_000_000})  # more than the socket buffers hold
+
+    async def run() -> None:
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}"
+        async with AsyncRewardClient(url, retries=0) as client:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.reward([big], k=1), timeout=2)
+            assert not client._uploading.locked(), "the cancelled call still holds the wire"
+            client._http.base_url = httpx.URL(reward_service())  # the same client, now to a live service
+            result = await asyncio.wait_for(client.reward(items()[:2], k=1), timeout=30)
+            assert [r.id for r in result.items] == ["a", "b"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        for conn in accepted:
+            conn.close()
+        stalled.close()
 
 
 def test_client_filter(reward_service: RewardFactory) -> None:

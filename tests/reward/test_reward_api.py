@@ -174,6 +174,28 @@ def test_malformed_requests_are_4xx_and_cost_nothing(
     assert mllm.requests == []
 
 
+def test_a_body_that_is_not_json_is_422_and_costs_nothing(
+    reward_service: RewardFactory, mllm: ScriptedMLLM
+) -> None:
+    body = b'{"items": [{"id": "q1", "image": "'  # cut off mid-upload
+    response = httpx.post(
+        f"{reward_service()}/reward", content=body, headers={"content-type": "application/json"}, timeout=60
+    )
+    assert "JSON decode error" in assert_error(response, 422, "validation_error")["message"]
+    assert mllm.requests == []
+
+
+def test_integers_beyond_64_bits_are_read_exactly(reward_service: RewardFactory) -> None:
+    """Bodies are not parsed by ``json.loads`` (etchr.fast_json_route); a ``meta`` integer beyond 64 bits (a
+    seed, a hash) must still arrive exact, not as the nearest float. It is part of the guidance query, so a
+    seed one higher is another query, while the correctness query (no ground truth) comes from the cache."""
+    url = reward_service()
+    for seed, hits in ((2**70, 0), (2**70 + 1, 1)):
+        response = post(url, "/reward", {"items": [item([(1, 1)], meta={"seed": seed})], "k": 1})
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["cache_hits"] == hits, seed
+
+
 def test_too_many_queries_for_one_request(reward_service: RewardFactory) -> None:
     url = reward_service(reward_max_queries=4)
     error = assert_error(post(url, "/reward", {"items": [item([(1, 1)] * 3)]}), 400, "too_many_queries")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from etchr.fast_json_route import FastJsonRoute
 from etchr.http import ServiceError, redis_readiness, require_api_key
 from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, decode_base64_image, decode_image_bytes, to_model_size
@@ -194,7 +195,7 @@ async def await_result(runtime: EditorRuntime, job: EditJob) -> EditResponse:
     return build_response(record, finished_ms=_now_ms())
 
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=FastJsonRoute)
 
 
 @router.post("/edit", response_model=EditResponse)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from etchr.answers import match_answer
+from etchr.fast_json_route import FastJsonRoute
 from etchr.http import ServiceError, redis_readiness, require_api_key
 from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageLimits, check_image_bytes, decode_base64_bytes, image_mime
@@ -138,7 +139,7 @@ def _timings(started: float, prepared: float) -> dict[str, float]:
     }
 
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=FastJsonRoute)
 
 
 @router.post("/reward", response_model=RewardResponse)

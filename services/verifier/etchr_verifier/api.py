@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from etchr.clients.editor import EditorClient
+from etchr.fast_json_route import FastJsonRoute
 from etchr.http import ServiceError, error_response, require_api_key
 from etchr.http import create_app as create_service_app
 from etchr.imaging import ImageError, ImageLimits, MLLMImage, decode_base64_bytes, prepare_input
@@ -98,7 +99,7 @@ async def run_evr(
         ) from None
 
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=FastJsonRoute)
 
 # Streamed answers are documented in docs/api.md; the schema names the event stream as a second media type.
 _STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 
@@ -54,7 +55,7 @@ def _chunk_data(chunk: ChatCompletionChunk) -> bytes:
     return format_sse_event(data_str=json.dumps(body, separators=(",", ":")))
 
 
-class _EventQueue:
+class _EventQueue(ABC):
     """The observer EVR reports to; what it hears is queued as SSE bytes for the response to send."""
 
     def __init__(self) -> None:
@@ -67,17 +68,20 @@ class _EventQueue:
     def answer_listener(self) -> ReplyListener | None:
         return None
 
+    @abstractmethod
     def progress(self, event: EVRProgress) -> None:
-        raise NotImplementedError
+        """An EVR step: queued as this stream's event for it."""
 
     def opening(self) -> list[bytes]:
         return []
 
+    @abstractmethod
     def finish(self, result: AnswerResponse) -> list[bytes]:
-        raise NotImplementedError
+        """The events that end the stream of an answer made."""
 
+    @abstractmethod
     def failure(self, exc: Exception) -> list[bytes]:
-        raise NotImplementedError
+        """The events that end the stream of an answer that failed after the 200 went out."""
 
 
 class AnswerEvents(_EventQueue):

@@ -177,7 +177,7 @@ def test_malformed_requests_are_4xx_and_cost_nothing(
 def test_a_body_that_is_not_json_is_422_and_costs_nothing(
     reward_service: RewardFactory, mllm: ScriptedMLLM
 ) -> None:
-    body = b'{"items": [{"id": "q1", "image": "'  # cut off mid-upload
+    body = b'{"items": [{"id": "q1", "image": "'  # a JSON document that stops mid-string
     response = httpx.post(
         f"{reward_service()}/reward", content=body, headers={"content-type": "application/json"}, timeout=60
     )
